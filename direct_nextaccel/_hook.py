@@ -1,0 +1,283 @@
+"""Lazy plugin discovery for DIRECT, installed at interpreter start by ``direct_nextaccel.pth``.
+
+DIRECT 2.2 has no plugin system: it imports models from ``direct.nn.<alias>``, masks from
+``direct.common.subsample.<Name>MaskFunc`` and accepts only its own loss names. This module adds three
+entry-point groups that any installed package can use:
+
+``direct.plugins``
+    ``alias = "package"``: ``direct.nn.<alias>.<sub>`` *is* the module ``package.<sub>`` (same object in
+    ``sys.modules``, no copies), so DIRECT finds ``<Cls>Config`` in ``direct.nn.<alias>.config`` and engines in
+    ``direct.nn.<alias>.<alias>_engine``.
+``direct.mask_functions``
+    ``Name = "module:NameMaskFunc"``: usable as ``masking.name: Name``.
+``direct.losses``
+    ``name = "module:function"``: usable in ``training.loss.losses`` by every :class:`MRIModelEngine`. The function
+    has DIRECT's loss signature ``(source, target, reduction, reconstruction_size)``.
+
+Nothing is discovered and nothing heavy is imported until a ``direct.*`` module that needs it is imported: the
+only start-up cost is putting one finder on :data:`sys.meta_path`.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.machinery
+import os
+import sys
+from types import ModuleType
+
+PLUGIN_GROUP = "direct.plugins"
+MASK_GROUP = "direct.mask_functions"
+LOSS_GROUP = "direct.losses"
+
+_SUBSAMPLE = "direct.common.subsample"
+_MRI_MODELS = "direct.nn.mri_models"
+
+
+class PluginRegistry:
+    """Entry points of the three groups, read once on first use.
+
+    Attributes
+    ----------
+    aliases : dict[str, str]
+        Lower-case alias -> importable package name.
+    masks : dict[str, importlib.metadata.EntryPoint]
+        Mask name (without ``MaskFunc``) -> entry point.
+    losses : dict[str, importlib.metadata.EntryPoint]
+        Loss name -> entry point.
+    refused : list[str]
+        One line per entry that was refused (shadowing a DIRECT built-in or another plugin).
+    """
+
+    def __init__(self) -> None:
+        self._loaded = False
+        self.aliases: dict[str, str] = {}
+        self.masks: dict = {}
+        self.losses: dict = {}
+        self.refused: list[str] = []
+
+    def load(self) -> PluginRegistry:
+        """Read the entry points (idempotent) and refuse names that would shadow DIRECT built-ins."""
+        if self._loaded:
+            return self
+        self._loaded = True
+        from importlib.metadata import entry_points
+
+        builtin_nn = _direct_nn_builtins()
+        for ep in entry_points(group=PLUGIN_GROUP):
+            alias = ep.name.lower()
+            if alias != ep.name:
+                self._refuse(f"alias {ep.name!r} of {ep.value!r} must be lower case (DIRECT lower-cases aliases)")
+            elif alias in builtin_nn:
+                self._refuse(f"alias {alias!r} of {ep.value!r} would shadow DIRECT's built-in direct.nn.{alias}")
+            elif alias in self.aliases and self.aliases[alias] != ep.value:
+                self._refuse(f"alias {alias!r} of {ep.value!r} is already taken by {self.aliases[alias]!r}")
+            else:
+                self.aliases[alias] = ep.value
+        for group, table, is_builtin in (
+            (MASK_GROUP, self.masks, _is_builtin_mask),
+            (LOSS_GROUP, self.losses, _is_builtin_loss),
+        ):
+            for ep in entry_points(group=group):
+                if is_builtin(ep.name):
+                    self._refuse(f"{group} name {ep.name!r} of {ep.value!r} would shadow a DIRECT built-in")
+                elif ep.name in table and table[ep.name].value != ep.value:
+                    self._refuse(f"{group} name {ep.name!r} of {ep.value!r} is already taken by {table[ep.name].value}")
+                else:
+                    table[ep.name] = ep
+        return self
+
+    def _refuse(self, message: str) -> None:
+        import warnings
+
+        self.refused.append(message)
+        warnings.warn(f"direct-nextaccel: refused plugin entry: {message}", RuntimeWarning, stacklevel=3)
+
+    def mask_class(self, name: str) -> type:
+        """Load the mask class registered as ``name`` (``name`` may end in ``MaskFunc``)."""
+        self.load()
+        key = name.removesuffix("MaskFunc")
+        if key not in self.masks:
+            raise AttributeError(name)
+        return self.masks[key].load()
+
+
+REGISTRY = PluginRegistry()
+
+
+def _direct_root() -> str | None:
+    spec = _find_spec("direct")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    return list(spec.submodule_search_locations)[0]
+
+
+def _direct_nn_builtins() -> set[str]:
+    """Names of DIRECT's own ``direct.nn`` subpackages and modules, read from disk without importing torch."""
+    root = _direct_root()
+    if root is None:
+        return set()
+    nn_dir = os.path.join(root, "nn")
+    return {name.removesuffix(".py") for name in os.listdir(nn_dir) if not name.startswith("_")}
+
+
+def _is_builtin_mask(name: str) -> bool:
+    root = _direct_root()
+    if root is None:
+        return False
+    with open(os.path.join(root, "common", "subsample.py"), encoding="utf-8") as handle:
+        return f"class {name.removesuffix('MaskFunc')}MaskFunc(" in handle.read()
+
+
+def _is_builtin_loss(name: str) -> bool:
+    root = _direct_root()
+    if root is None:
+        return False
+    with open(os.path.join(root, "nn", "types.py"), encoding="utf-8") as handle:
+        return f'"{name}"' in handle.read()
+
+
+class _AliasLoader:
+    """Makes ``direct.nn.<alias>.<sub>`` the very module object ``<package>.<sub>``."""
+
+    def __init__(self, target: str) -> None:
+        self.target = target
+        self._real_spec: importlib.machinery.ModuleSpec | None = None
+
+    def create_module(self, spec: importlib.machinery.ModuleSpec) -> ModuleType:
+        module = importlib.import_module(self.target)
+        self._real_spec = module.__spec__
+        return module
+
+    def exec_module(self, module: ModuleType) -> None:
+        # The import machinery stamped the alias spec on the module; the module keeps its own identity.
+        module.__spec__ = self._real_spec
+
+
+class _PatchingLoader:
+    """Runs the real loader, then a patch function on the freshly executed module."""
+
+    def __init__(self, loader, patch) -> None:
+        self.loader = loader
+        self.patch = patch
+
+    def create_module(self, spec):
+        return self.loader.create_module(spec)
+
+    def exec_module(self, module: ModuleType) -> None:
+        module.__spec__.loader = self.loader
+        self.loader.exec_module(module)
+        self.patch(module)
+
+
+class DirectPluginFinder:
+    """Meta-path finder that resolves plugin aliases and patches two DIRECT modules after they load."""
+
+    def find_spec(self, fullname: str, path=None, target=None):
+        if not fullname.startswith("direct."):
+            return None
+        if fullname in (_SUBSAMPLE, _MRI_MODELS):
+            spec = importlib.machinery.PathFinder.find_spec(fullname, path)
+            if spec is None or spec.loader is None:
+                return None
+            patch = _patch_subsample if fullname == _SUBSAMPLE else _patch_mri_models
+            spec.loader = _PatchingLoader(spec.loader, patch)
+            return spec
+        parts = fullname.split(".")
+        if len(parts) < 3 or parts[1] != "nn":
+            return None
+        REGISTRY.load()
+        package = REGISTRY.aliases.get(parts[2])
+        if package is None:
+            return None
+        target_name = ".".join([package, *parts[3:]])
+        target_spec = _find_spec(target_name)
+        if target_spec is None:
+            return None
+        is_package = target_spec.submodule_search_locations is not None
+        return importlib.machinery.ModuleSpec(fullname, _AliasLoader(target_name), is_package=is_package)
+
+
+def _patch_subsample(module: ModuleType) -> None:
+    """Let ``str_to_class("direct.common.subsample", "<Name>MaskFunc")`` find plugin masks (PEP 562)."""
+
+    def __getattr__(name: str):
+        if name.endswith("MaskFunc"):
+            try:
+                return REGISTRY.mask_class(name)
+            except AttributeError:
+                pass
+        raise AttributeError(f"module {module.__name__!r} has no attribute {name!r}")
+
+    module.__getattr__ = __getattr__
+
+
+def _patch_mri_models(module: ModuleType) -> None:
+    """Teach :meth:`MRIModelEngine.build_loss` the plugin loss names, for every engine that inherits it."""
+    engine_cls = module.MRIModelEngine
+    original = engine_cls.build_loss
+    if getattr(original, "_direct_nextaccel", False):
+        return
+
+    def build_loss(self) -> dict:
+        return build_loss_with_plugins(self, original)
+
+    build_loss._direct_nextaccel = True
+    build_loss.__doc__ = original.__doc__
+    engine_cls.build_loss = build_loss
+
+
+def build_loss_with_plugins(engine, builtin_build_loss) -> dict:
+    """Build DIRECT's own losses, then the plugin ones, keeping the YAML order and DIRECT's key handling.
+
+    The configuration object is never mutated: DIRECT's builder sees a copy with only its own names.
+    """
+    from direct.nn.loss_keys import KeyedLossFn, resolve_loss_keys
+    from direct.utils import multiply_function
+    from omegaconf import OmegaConf
+
+    REGISTRY.load()
+    configured = list(engine.cfg.training.loss.losses)
+    plugin_entries = [entry for entry in configured if entry.function in REGISTRY.losses]
+    if not plugin_entries:
+        return builtin_build_loss(engine)
+
+    builtin_cfg = OmegaConf.create(OmegaConf.to_container(engine.cfg, resolve=True))
+    builtin_cfg.training.loss.losses = [entry for entry in configured if entry.function not in REGISTRY.losses]
+    original_cfg = engine.cfg
+    engine.cfg = builtin_cfg
+    try:
+        built = builtin_build_loss(engine) if builtin_cfg.training.loss.losses else {}
+    finally:
+        engine.cfg = original_cfg
+
+    for entry in plugin_entries:
+        function = REGISTRY.losses[entry.function].load()
+        source_key, target_key = resolve_loss_keys(
+            entry.function, getattr(entry, "source_key", None), getattr(entry, "target_key", None)
+        )
+        built[entry.function] = KeyedLossFn(multiply_function(entry.multiplier, function), source_key, target_key)
+    return {entry.function: built[entry.function] for entry in configured}
+
+
+def _find_spec(name: str):
+    """:func:`importlib.util.find_spec` without importing :mod:`importlib.util` at interpreter start."""
+    import importlib.util
+
+    try:
+        return importlib.util.find_spec(name)
+    except ModuleNotFoundError:
+        return None
+
+
+_FINDER = DirectPluginFinder()
+
+
+def install() -> None:
+    """Put the finder first on :data:`sys.meta_path` and patch DIRECT modules that are already imported."""
+    if _FINDER not in sys.meta_path:
+        sys.meta_path.insert(0, _FINDER)
+    if _SUBSAMPLE in sys.modules:
+        _patch_subsample(sys.modules[_SUBSAMPLE])
+    if _MRI_MODELS in sys.modules:
+        _patch_mri_models(sys.modules[_MRI_MODELS])

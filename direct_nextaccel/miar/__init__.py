@@ -1,0 +1,1 @@
+"""MIAR: autoregressive medical image super-resolution, as ``direct.nn.miar``."""
