@@ -109,7 +109,7 @@ def _direct_root() -> str | None:
     spec = _find_spec("direct")
     if spec is None or not spec.submodule_search_locations:
         return None
-    return list(spec.submodule_search_locations)[0]
+    return next(iter(spec.submodule_search_locations))
 
 
 def _direct_nn_builtins() -> set[str]:

@@ -1,0 +1,49 @@
+"""The ``direct-nextaccel`` command: environment report, data preparation and the project's workflows.
+
+Each subcommand lives in the module that owns the feature and exposes ``add_arguments(parser)`` and
+``run(args) -> int``; this file only maps names to modules. Subcommand modules import torch and DIRECT inside
+``run``, so building the parser stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import importlib.util
+import sys
+
+# name -> (module, one-line help).
+SUBCOMMANDS: dict[str, tuple[str, str]] = {
+    "doctor": ("direct_nextaccel.doctor", "report versions, device, registered plugins and local pretrained weights"),
+    "simulate": (
+        "direct_nextaccel.data.simulate",
+        "simulate multi-coil fastMRI-layout k-space from magnitude volumes (.npz, NIfTI)",
+    ),
+    "import-raw": (
+        "direct_nextaccel.data.raw_kspace",
+        "convert the real raw multi-coil k-space in shared/data/kspace to the fastMRI layout",
+    ),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Parser with one sub-parser per available subcommand (a subcommand whose module is absent is not listed)."""
+    parser = argparse.ArgumentParser(prog="direct-nextaccel", description=__doc__.splitlines()[0])
+    subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, (module_name, help_text) in SUBCOMMANDS.items():
+        if importlib.util.find_spec(module_name) is None:
+            continue
+        subparser = subparsers.add_parser(name, help=help_text, description=help_text)
+        subparser.set_defaults(_module=module_name)
+        importlib.import_module(module_name).add_arguments(subparser)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the console script."""
+    args = build_parser().parse_args(argv)
+    return int(importlib.import_module(args._module).run(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
