@@ -251,13 +251,26 @@ def build_loss_with_plugins(engine, builtin_build_loss) -> dict:
     finally:
         engine.cfg = original_cfg
 
+    crop_to_header = engine.cfg.training.loss.crop == "header"
     for entry in plugin_entries:
-        function = REGISTRY.losses[entry.function].load()
+        function = _with_loss_crop(REGISTRY.losses[entry.function].load(), crop_to_header)
         source_key, target_key = resolve_loss_keys(
             entry.function, getattr(entry, "source_key", None), getattr(entry, "target_key", None)
         )
         built[entry.function] = KeyedLossFn(multiply_function(entry.multiplier, function), source_key, target_key)
     return {entry.function: built[entry.function] for entry in configured}
+
+
+def _with_loss_crop(function, crop_to_header: bool):
+    """Apply ``training.loss.crop`` as DIRECT's own losses do: only ``header`` crops to the reconstruction size."""
+    if crop_to_header:
+        return function
+
+    def uncropped(source, target, reduction="mean", reconstruction_size=None):
+        return function(source, target, reduction, None)
+
+    uncropped.__name__ = getattr(function, "__name__", "loss")
+    return uncropped
 
 
 def _find_spec(name: str):

@@ -222,3 +222,23 @@ def test_plugin_startup_cost_is_small():
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "[]"
+
+
+def test_plugin_losses_follow_training_loss_crop():
+    """DIRECT crops losses to the header's reconstruction size only when ``training.loss.crop: header``."""
+    import torch
+    from direct.nn.varnet.varnet_engine import EndToEndVarNetEngine
+    from omegaconf import OmegaConf
+
+    target = torch.rand(1, 32, 32) + 0.1
+    source = target.clone()
+    source[:, :4] = 0  # differs only outside the central 16 x 16 region
+    reconstruction_size = [torch.tensor([16]), torch.tensor([16]), torch.tensor([1])]
+    values = {}
+    for crop in (None, "header"):
+        engine = EndToEndVarNetEngine.__new__(EndToEndVarNetEngine)
+        engine.cfg = OmegaConf.create(
+            {"training": {"loss": {"crop": crop, "losses": [{"function": "ssim_magnitude_loss", "multiplier": 1.0}]}}}
+        )
+        values[crop] = engine.build_loss()["ssim_magnitude_loss"](source, target, "mean", reconstruction_size).item()
+    assert values["header"] < 1e-6 < values[None]
