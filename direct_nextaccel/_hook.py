@@ -230,20 +230,26 @@ def _patch_mri_models(module: ModuleType) -> None:
 def build_loss_with_plugins(engine, builtin_build_loss) -> dict:
     """Build DIRECT's own losses, then the plugin ones, keeping the YAML order and DIRECT's key handling.
 
-    The configuration object is never mutated: DIRECT's builder sees a copy with only its own names.
+    Besides the ``direct.losses`` entry points, an engine may declare its own loss terms as a class attribute
+    ``ENGINE_LOSSES = {name: source_key}``: terms its forward pass computes itself (a commitment loss, a generator's
+    adversarial loss). They are listed in YAML like any loss, so their multipliers are set there, and are built as
+    keyed functions returning ``outputs[source_key]``. The configuration object is never mutated: DIRECT's builder
+    sees a copy with only its own names.
     """
     from direct.nn.loss_keys import KeyedLossFn, resolve_loss_keys
     from direct.utils import multiply_function
     from omegaconf import OmegaConf
 
     REGISTRY.load()
+    engine_losses = getattr(engine, "ENGINE_LOSSES", {})
     configured = list(engine.cfg.training.loss.losses)
-    plugin_entries = [entry for entry in configured if entry.function in REGISTRY.losses]
+    own_names = set(REGISTRY.losses) | set(engine_losses)
+    plugin_entries = [entry for entry in configured if entry.function in own_names]
     if not plugin_entries:
         return builtin_build_loss(engine)
 
     builtin_cfg = OmegaConf.create(OmegaConf.to_container(engine.cfg, resolve=True))
-    builtin_cfg.training.loss.losses = [entry for entry in configured if entry.function not in REGISTRY.losses]
+    builtin_cfg.training.loss.losses = [entry for entry in configured if entry.function not in own_names]
     original_cfg = engine.cfg
     engine.cfg = builtin_cfg
     try:
@@ -253,12 +259,20 @@ def build_loss_with_plugins(engine, builtin_build_loss) -> dict:
 
     crop_to_header = engine.cfg.training.loss.crop == "header"
     for entry in plugin_entries:
-        function = _with_loss_crop(REGISTRY.losses[entry.function].load(), crop_to_header)
-        source_key, target_key = resolve_loss_keys(
-            entry.function, getattr(entry, "source_key", None), getattr(entry, "target_key", None)
-        )
+        if entry.function in engine_losses:
+            function, source_key, target_key = _engine_term, engine_losses[entry.function], None
+        else:
+            function = _with_loss_crop(REGISTRY.losses[entry.function].load(), crop_to_header)
+            source_key, target_key = resolve_loss_keys(
+                entry.function, getattr(entry, "source_key", None), getattr(entry, "target_key", None)
+            )
         built[entry.function] = KeyedLossFn(multiply_function(entry.multiplier, function), source_key, target_key)
     return {entry.function: built[entry.function] for entry in configured}
+
+
+def _engine_term(source, target=None, reduction="mean", reconstruction_size=None):
+    """A loss term the engine computed itself (a scalar): DIRECT's keyed machinery only applies the multiplier."""
+    return source
 
 
 def _with_loss_crop(function, crop_to_header: bool):

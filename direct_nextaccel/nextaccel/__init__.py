@@ -1,1 +1,1 @@
-"""NextAccel: next-acceleration-scale prediction (AQ-VAE tokenizer, transformer, distillation), as ``direct.nn.nextaccel``."""
+"""NextAccel: next-acceleration-scale prediction (AQ-VAE, transformer, distillation) as ``direct.nn.nextaccel``."""

@@ -1,0 +1,214 @@
+"""How a DIRECT batch trains the AQ-VAE: simulate the six acquisitions of each slice, tokenize, decode, score.
+
+The engine needs the fully sampled k-space in the batch (``delete_kspace: false`` in the dataset transforms): from it
+and the slice's nested mask family it forms the coil-combined images of R = 32, 16, 8, 4, 2 and the fully sampled
+data, exactly as every later NextAccel engine does (:mod:`direct_nextaccel.nextaccel.acquisition`). The output image
+is the reconstruction decoded from the tokens of all six levels, so ``direct predict`` writes that.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, ClassVar
+
+import torch
+from direct.engine import DoIterationOutput
+from direct.nn.mri_models import MRIModelEngine
+from direct.utils import detach_dict, dict_to_device
+from torch.amp import autocast
+
+from direct_nextaccel import _hook
+from direct_nextaccel.masks.nested import LEVELS, family_index
+from direct_nextaccel.nextaccel import acquisition
+from direct_nextaccel.schedules import warmup_schedule
+
+logger = logging.getLogger(__name__)
+
+LEVEL_NAMES = (*(f"R{r}" for r in LEVELS), "FS")
+
+# Engines of this package add loss names to DIRECT's; make sure the patched loss builder is in place even when the
+# package was imported directly rather than through ``direct.nn.nextaccel``.
+_hook.install()
+
+
+class NonFiniteError(FloatingPointError):
+    """A NaN or Inf in a batch or a loss. Not a RuntimeError, so DIRECT does not write a checkpoint on the way out."""
+
+
+def check_finite(tensors: dict[str, torch.Tensor], data: dict[str, Any]) -> None:
+    """Raise :class:`NonFiniteError` naming the tensor and the batch's files and slices if anything is NaN/Inf."""
+    for name, tensor in tensors.items():
+        if not torch.isfinite(tensor).all():
+            slices = data.get("slice_no")
+            slices = slices.tolist() if isinstance(slices, torch.Tensor) else slices
+            raise NonFiniteError(
+                f"non-finite {name} for batch files {list(data.get('filename', []))} slices {slices}: "
+                "training stopped before the update, no checkpoint written"
+            )
+
+
+class AQVAEEngine(MRIModelEngine):
+    """DIRECT engine of :class:`direct_nextaccel.nextaccel.aqvae.AQVAE`.
+
+    Loss names it adds to ``training.loss.losses`` (their multipliers are the paper's weights in the configs):
+    ``commitment_loss`` (0.25 in the paper) and ``adversarial_loss`` (0.1). Image losses (``ssim_magnitude_loss``,
+    ``lpips_loss``, or any DIRECT loss) compare the magnitude of the reconstruction with DIRECT's target.
+    """
+
+    ENGINE_LOSSES: ClassVar[dict[str, str]] = {
+        "commitment_loss": "commitment_loss",
+        "adversarial_loss": "adversarial_loss",
+    }
+
+    def __init__(self, cfg, model, device, forward_operator, backward_operator, mixed_precision=False, **models):
+        super().__init__(
+            cfg,
+            model,
+            device,
+            forward_operator=forward_operator,
+            backward_operator=backward_operator,
+            mixed_precision=mixed_precision,
+            **models,
+        )
+        self.families = tuple(cfg.model.mask_families)
+        if not self.families:
+            raise ValueError("model.mask_families is empty: name at least one of the nested mask families")
+        for family in self.families:
+            family_index(family)
+        self.center_fraction = cfg.model.mask_center_fraction
+        self.discriminator = None
+        self.discriminator_optimizer = None
+        self._family_generator = torch.Generator().manual_seed(torch.initial_seed() % 2**63)
+
+    @property
+    def tokenizer(self):
+        """The AQ-VAE itself (unwrapped from DistributedDataParallel)."""
+        return getattr(self.model, "module", self.model)
+
+    def _loss_names(self) -> list[str]:
+        return [entry.function for entry in self.cfg.training.loss.losses]
+
+    def train(self, optimizer, lr_scheduler, training_datasets, experiment_directory, *args, **kwargs):
+        """Add VAR initialisation, the discriminator with its own optimizer, and the paper's schedule."""
+        config = self.cfg.model
+        if config.var_checkpoint:
+            self.tokenizer.load_var_weights(config.var_checkpoint)
+            logger.info("Initialised the AQ-VAE from VAR weights %s.", config.var_checkpoint)
+        if "adversarial_loss" in self._loss_names():
+            self._build_discriminator()
+        if config.lr_schedule != "direct":
+            lr_scheduler = warmup_schedule(
+                optimizer,
+                config.lr_schedule,
+                self.cfg.training.lr_warmup_iter,
+                self.cfg.training.num_iterations,
+                config.min_lr,
+            )
+        return super().train(optimizer, lr_scheduler, training_datasets, experiment_directory, *args, **kwargs)
+
+    def _build_discriminator(self) -> None:
+        from direct_nextaccel.modules.discriminator import ProjectedDiscriminator, build_discriminator_optimizer
+
+        config = self.cfg.model
+        if config.discriminator_backbone == "none":
+            raise ValueError("training.loss.losses has adversarial_loss but model.discriminator_backbone is 'none'")
+        self.discriminator = ProjectedDiscriminator(
+            backbone=config.discriminator_backbone, weights_path=config.discriminator_weights
+        ).to(self.device)
+        # Registered after DIRECT built its optimizer: saved in checkpoints, stepped only by its own optimizer.
+        self.models["discriminator"] = self.discriminator
+        self.discriminator_optimizer = build_discriminator_optimizer(
+            self.discriminator, lr=config.discriminator_lr, weight_decay=config.discriminator_weight_decay
+        )
+
+    def forward_function(self, data: dict[str, Any]) -> tuple[torch.Tensor, None]:
+        """DIRECT's hook: the image decoded from all six levels' tokens, (B, H, W, 2)."""
+        return self._forward(data)["output_image"], None
+
+    def _forward(self, data: dict[str, Any]) -> dict[str, Any]:
+        if "kspace" not in data:
+            raise ValueError(
+                "AQVAEEngine needs the fully sampled k-space in the batch: set `delete_kspace: false` in the "
+                "dataset transforms"
+            )
+        kspace = data["kspace"]
+        height, width = kspace.shape[2:4]
+        families = acquisition.choose_families(
+            data["filename"], self.families, self._family_generator if self.model.training else None
+        )
+        masks = acquisition.level_masks(data["filename"], families, (height, width), self.center_fraction)
+        images = acquisition.hierarchy_images(
+            kspace, data["sensitivity_map"], masks.to(kspace.device), self.backward_operator
+        )
+        images = acquisition.center_crop_or_pad(images, self.tokenizer.image_size)  # B, 6, 2, h, w
+        labels = acquisition.family_labels(families, kspace.device)
+        result = self.model(images, labels)
+        reconstruction = acquisition.center_crop_or_pad(result["reconstruction"], (height, width))  # B, 2, H, W
+        outputs = {
+            "output_image": reconstruction.permute(0, 2, 3, 1),
+            "commitment_loss": result["commit_loss"],
+            "usage": result["usage"],
+            "fully_sampled": images[:, -1],
+            "reconstruction_working": result["reconstruction"],
+        }
+        if self.discriminator is not None and self.model.training:
+            from direct_nextaccel.modules.discriminator import generator_adversarial_loss
+
+            real, fake = self._discriminator_inputs(images[:, -1], result["reconstruction"])
+            outputs["adversarial_loss"] = generator_adversarial_loss(self.discriminator(fake))
+            outputs["discriminator_inputs"] = (real, fake)
+        return outputs
+
+    @staticmethod
+    def _discriminator_inputs(fully_sampled: torch.Tensor, reconstruction: torch.Tensor):
+        """Magnitudes (B, 1, h, w) scaled by the fully sampled image's maximum, as the discriminator expects."""
+        real = torch.linalg.vector_norm(fully_sampled, dim=1, keepdim=True)
+        fake = torch.linalg.vector_norm(reconstruction, dim=1, keepdim=True)
+        scale = real.flatten(1).amax(dim=1).clamp_min(1e-12)[:, None, None, None]
+        return real / scale, fake / scale
+
+    def _do_iteration(self, data, loss_fns=None, regularizer_fns=None) -> DoIterationOutput:
+        loss_fns = loss_fns or {}
+        regularizer_fns = regularizer_fns or {}
+        data = dict_to_device(data, self.device)
+        with autocast("cuda", enabled=self.mixed_precision):
+            data["sensitivity_map"] = self.compute_sensitivity_map(data["sensitivity_map"])
+            outputs = self._forward(data)
+            output_image = torch.linalg.vector_norm(outputs["output_image"], dim=-1)  # B, H, W
+            check_finite({"kspace": data["kspace"], "reconstruction": output_image}, data)
+            loss_dict, regularizer_dict = self._accumulate_keyed_losses(
+                loss_fns, regularizer_fns, data, {**outputs, "output_image": output_image}
+            )
+        if self.model.training:
+            loss = sum(loss_dict.values()) + sum(regularizer_dict.values())
+            check_finite({"loss": loss}, data)
+            self._scaler.scale(loss).backward()
+            self.tokenizer.ema_update()
+            self._log_training_scalars(outputs)
+        return DoIterationOutput(
+            output_image=output_image,
+            sensitivity_map=data["sensitivity_map"],
+            data_dict={**detach_dict(loss_dict), **detach_dict(regularizer_dict)},
+        )
+
+    def _log_training_scalars(self, outputs: dict[str, Any]) -> None:
+        """Step the discriminator, then log its loss and the per-level codebook usage (not summed into the loss)."""
+        from direct.utils.events import get_event_storage
+
+        storage = get_event_storage()
+        if self.discriminator is not None:
+            from direct_nextaccel.modules.discriminator import discriminator_step
+
+            self.discriminator.zero_grad(set_to_none=True)  # drop the generator pass's gradients
+            real, fake = outputs["discriminator_inputs"]
+            d_loss = discriminator_step(
+                self.discriminator,
+                self.discriminator_optimizer,
+                real,
+                fake.detach(),
+                grad_clip=self.cfg.model.discriminator_grad_clip,
+            )
+            storage.add_scalar("discriminator_loss", d_loss)
+        for level, (used, perplexity) in enumerate(outputs["usage"]):
+            storage.add_scalar(f"codebook_usage_{LEVEL_NAMES[level]}", float(used))
+            storage.add_scalar(f"codebook_perplexity_{LEVEL_NAMES[level]}", float(perplexity))

@@ -1,0 +1,5 @@
+"""Engines of the ``direct.nn.nextaccel`` models, where DIRECT looks for them (``<alias>.<alias>_engine``)."""
+
+from direct_nextaccel.nextaccel.aqvae_engine import AQVAEEngine
+
+__all__ = ["AQVAEEngine"]
