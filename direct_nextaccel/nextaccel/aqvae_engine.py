@@ -171,11 +171,13 @@ class AQVAEEngine(MRIModelEngine):
         loss_fns = loss_fns or {}
         regularizer_fns = regularizer_fns or {}
         data = dict_to_device(data, self.device)
+        # Before any forward pass: the codebook's k-means start and EMA statistics must never see a bad batch.
+        check_finite({name: data[name] for name in ("kspace", "sensitivity_map") if name in data}, data)
         with autocast("cuda", enabled=self.mixed_precision):
             data["sensitivity_map"] = self.compute_sensitivity_map(data["sensitivity_map"])
             outputs = self._forward(data)
             output_image = torch.linalg.vector_norm(outputs["output_image"], dim=-1)  # B, H, W
-            check_finite({"kspace": data["kspace"], "reconstruction": output_image}, data)
+            check_finite({"reconstruction": output_image}, data)
             loss_dict, regularizer_dict = self._accumulate_keyed_losses(
                 loss_fns, regularizer_fns, data, {**outputs, "output_image": output_image}
             )

@@ -1,0 +1,175 @@
+"""The AQ-VAE inside DIRECT: plain `direct train` / `direct predict`, engine losses, and the NaN guard."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+import torch
+from direct.data.transforms import fft2, ifft2
+from omegaconf import OmegaConf
+
+from direct_nextaccel.data.fastmri_h5 import fastmri_filename, write_fastmri_h5
+from direct_nextaccel.data.simulate import simulate_volume
+from direct_nextaccel.nextaccel.aqvae import AQVAE
+from direct_nextaccel.nextaccel.aqvae_engine import LEVEL_NAMES, AQVAEEngine, NonFiniteError
+from direct_nextaccel.nextaccel.config import AQVAEConfig
+
+REPO = Path(__file__).resolve().parents[2]
+TINY_CONFIG = REPO / "configs" / "tiny_aqvae.yaml"
+BIN = Path(sys.executable).parent
+
+
+def phantom(slices: int = 2, size: int = 64) -> np.ndarray:
+    yy, xx = np.mgrid[-1 : 1 : size * 1j, -1 : 1 : size * 1j]
+    volume = np.zeros((slices, size, size), dtype=np.float32)
+    for index in range(slices):
+        volume[index] = 1.0 * ((xx / 0.7) ** 2 + (yy / 0.8) ** 2 < 1) + 0.5 * (
+            ((xx - 0.2 * index) / 0.2) ** 2 + (yy / 0.3) ** 2 < 1
+        )
+    return volume
+
+
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("aqvae_data")
+    for acquisition, subject in (("AXT1", "900_0001"), ("AXT2", "900_0002")):
+        kspace, _ = simulate_volume(phantom(), coils=4, matrix=(64, 64), seed=int(subject[-1]))
+        write_fastmri_h5(root / fastmri_filename(acquisition, subject), kspace, acquisition)
+    return root
+
+
+def tiny_config(tmp_path: Path, **training) -> Path:
+    config = OmegaConf.load(TINY_CONFIG)
+    config.training.num_iterations = training.get("num_iterations", 6)
+    config.training.checkpointer.checkpoint_steps = config.training.num_iterations
+    config.training.validation_steps = config.training.num_iterations
+    config.logging.log_interval = 1
+    path = tmp_path / "tiny_aqvae.yaml"
+    OmegaConf.save(config, path)
+    return path
+
+
+def run(command: list[str], cwd: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    result = subprocess.run(
+        [str(BIN / command[0]), *command[1:]], cwd=cwd, env=env, capture_output=True, text=True, timeout=600
+    )
+    assert result.returncode == 0, f"{command[:2]} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+
+
+@pytest.mark.slow
+def test_direct_train_and_predict_tiny_aqvae(data_root, tmp_path):
+    config = tiny_config(tmp_path)
+    cpu = ["--device", "cpu", "--num-gpus", "0", "--num-workers", "0"]
+    run(
+        [
+            "direct",
+            "train",
+            str(tmp_path / "runs"),
+            "--cfg",
+            str(config),
+            "--name",
+            "aq",
+            "--training-root",
+            str(data_root),
+            "--validation-root",
+            str(data_root),
+            *cpu,
+        ],
+        cwd=tmp_path,
+    )
+    run_dir = tmp_path / "runs" / "aq"
+    logged = set().union(*(json.loads(line) for line in (run_dir / "metrics.json").read_text().splitlines()))
+    for name in LEVEL_NAMES:
+        assert f"codebook_usage_{name}" in logged and f"codebook_perplexity_{name}" in logged
+    assert {"commitment_loss", "ssim_magnitude_loss"} <= logged
+    assert any("fastmri_psnr" in key for key in logged), sorted(logged)
+
+    checkpoint = run_dir / "model_5.pt"
+    run(
+        [
+            "direct",
+            "predict",
+            str(tmp_path / "out"),
+            "--cfg",
+            str(config),
+            "--checkpoint",
+            str(checkpoint),
+            "--data-root",
+            str(data_root),
+            *cpu,
+        ],
+        cwd=tmp_path,
+    )
+    for source in data_root.glob("*.h5"):
+        with h5py.File(tmp_path / "out" / source.name, "r") as written:
+            reconstruction = written["reconstruction"][()]
+        assert reconstruction.shape[0] == 2 and np.isfinite(reconstruction).all()
+
+
+def engine_and_batch(nan: bool = False, with_kspace: bool = True):
+    config = OmegaConf.load(TINY_CONFIG)
+    config.model = OmegaConf.merge(OmegaConf.structured(AQVAEConfig), config.model)  # as DIRECT does
+    model_keys = {k: v for k, v in config.model.items() if k in AQVAE.__init__.__code__.co_varnames}
+    model = AQVAE(**{k: tuple(v) if OmegaConf.is_list(v) else v for k, v in model_keys.items()})
+    engine = AQVAEEngine(config, model, "cpu", fft2, ifft2)
+    kspace_np, _ = simulate_volume(phantom(), coils=4, matrix=(64, 64), seed=3)
+    kspace = torch.view_as_real(torch.from_numpy(kspace_np))  # slices, coils, H, W, 2
+    if nan:
+        kspace[0, 0, 5, 5, 0] = float("nan")
+    coil_images = ifft2(kspace, dim=(2, 3))
+    rss = coil_images.pow(2).sum(dim=(1, 4)).sqrt()
+    batch = {
+        "sensitivity_map": coil_images / rss[:, None, :, :, None].clamp_min(1e-6),
+        "target": rss,
+        "filename": ["file_brain_AXT1_001_0001.h5", "file_brain_AXT1_001_0001.h5"],
+        "slice_no": torch.tensor([0, 1]),
+    }
+    if with_kspace:
+        batch["kspace"] = kspace
+    return engine, batch
+
+
+def test_engine_loss_names_take_yaml_multipliers():
+    engine, _ = engine_and_batch()
+    losses = engine.build_loss()
+    assert list(losses) == ["ssim_magnitude_loss", "l1_loss", "commitment_loss"]
+    assert losses["commitment_loss"].source_key == "commitment_loss"
+    assert losses["commitment_loss"](torch.tensor(2.0), None, "mean", None).item() == pytest.approx(0.5)
+
+
+def test_training_iteration_updates_model_and_reports_losses():
+    engine, batch = engine_and_batch()
+    engine.model.train()
+    from direct.utils.events import EventStorage
+
+    with EventStorage(0):
+        output = engine._do_iteration(batch, engine.build_loss())
+    assert output.output_image.shape == (2, 64, 64)
+    assert set(output.data_dict) == {"ssim_magnitude_loss", "l1_loss", "commitment_loss"}
+    grads = [p.grad for p in engine.model.encoder.parameters() if p.grad is not None]
+    assert grads and all(torch.isfinite(g).all() for g in grads)
+
+
+def test_nonfinite_batch_stops_before_the_update():
+    engine, batch = engine_and_batch(nan=True)
+    engine.model.train()
+    before = {k: v.clone() for k, v in engine.model.state_dict().items()}
+    with pytest.raises(NonFiniteError, match=r"non-finite kspace .*file_brain_AXT1_001_0001\.h5.* slices \[0, 1\]"):
+        engine._do_iteration(batch, engine.build_loss())
+    assert not issubclass(NonFiniteError, RuntimeError)  # DIRECT checkpoints on RuntimeError; this must not
+    for key, value in engine.model.state_dict().items():
+        assert torch.equal(value, before[key]), key
+
+
+def test_missing_fully_sampled_kspace_is_a_clear_error():
+    engine, batch = engine_and_batch(with_kspace=False)
+    with pytest.raises(ValueError, match="delete_kspace: false"):
+        engine._do_iteration(batch, engine.build_loss())
