@@ -173,3 +173,29 @@ def test_missing_fully_sampled_kspace_is_a_clear_error():
     engine, batch = engine_and_batch(with_kspace=False)
     with pytest.raises(ValueError, match="delete_kspace: false"):
         engine._do_iteration(batch, engine.build_loss())
+
+
+def test_adversarial_term_trains_its_own_discriminator():
+    engine, batch = engine_and_batch()
+    engine.cfg.model.discriminator_backbone = "patch"
+    engine.cfg.training.loss.losses.append({"function": "adversarial_loss", "multiplier": 0.1})
+    engine._build_discriminator()
+    assert "discriminator" in engine.models  # saved in checkpoints with the tokenizer
+    heads_before = [p.detach().clone() for p in engine.discriminator.parameters()]
+    engine.model.train()
+    from direct.utils.events import EventStorage
+
+    with EventStorage(0) as storage:
+        output = engine._do_iteration(batch, engine.build_loss())
+        assert "discriminator_loss" in storage.latest()
+    assert output.data_dict["adversarial_loss"].item() > 0
+    assert any(not torch.equal(a, b) for a, b in zip(heads_before, engine.discriminator.parameters(), strict=True))
+    assert all(p.grad is None for p in engine.discriminator.parameters())  # nothing left for DIRECT's optimizer
+    assert any(p.grad is not None for p in engine.model.decoder.parameters())
+
+
+def test_adversarial_loss_without_a_discriminator_is_refused():
+    engine, _ = engine_and_batch()
+    engine.cfg.training.loss.losses.append({"function": "adversarial_loss", "multiplier": 0.1})
+    with pytest.raises(ValueError, match="discriminator_backbone is 'none'"):
+        engine._build_discriminator()
