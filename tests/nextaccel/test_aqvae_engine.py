@@ -199,3 +199,16 @@ def test_adversarial_loss_without_a_discriminator_is_refused():
     engine.cfg.training.loss.losses.append({"function": "adversarial_loss", "multiplier": 0.1})
     with pytest.raises(ValueError, match="discriminator_backbone is 'none'"):
         engine._build_discriminator()
+
+
+@pytest.mark.parametrize("path", [TINY_CONFIG, REPO / "projects" / "fastmri_brain" / "configs" / "aqvae.yaml"])
+def test_configs_build_the_tokenizer(path):
+    """Both configs merge into AQVAEConfig as DIRECT merges them and build the model (paper size on meta)."""
+    config = OmegaConf.merge(OmegaConf.structured(AQVAEConfig), OmegaConf.load(path).model)
+    keys = {k: config[k] for k in AQVAE.__init__.__code__.co_varnames[1:] if k in config}
+    keys = {k: tuple(v) if OmegaConf.is_list(v) else v for k, v in keys.items()}
+    with torch.device("meta"):
+        model = AQVAE(**keys)
+    assert model.quantizer.codebook.shape == (config.codebook_size, config.latent_dim)
+    if config.codebook_size == 4096:
+        assert sum(p.numel() for p in model.parameters()) == 108_922_498
