@@ -76,6 +76,11 @@ class AQVAEEngine(MRIModelEngine):
         for family in self.families:
             family_index(family)
         self.center_fraction = cfg.model.mask_center_fraction
+        self.output_levels = tuple(cfg.model.output_levels)
+        if not self.output_levels or any(not 0 <= level < acquisition.NUM_LEVELS for level in self.output_levels):
+            raise ValueError(
+                f"model.output_levels {list(self.output_levels)} must be a non-empty list of level indices 0..5"
+            )
         self.discriminator = None
         self.discriminator_optimizer = None
         self._family_generator = torch.Generator().manual_seed(torch.initial_seed() % 2**63)
@@ -143,6 +148,9 @@ class AQVAEEngine(MRIModelEngine):
         images = acquisition.center_crop_or_pad(images, self.tokenizer.image_size)  # B, 6, 2, h, w
         labels = acquisition.family_labels(families, kspace.device)
         result = self.model(images, labels)
+        if not self.model.training and self.output_levels != tuple(range(acquisition.NUM_LEVELS)):
+            tokens = [result["indices"][level] for level in self.output_levels]
+            result["reconstruction"] = self.tokenizer.decode_indices(tokens, levels=self.output_levels)
         reconstruction = acquisition.center_crop_or_pad(result["reconstruction"], (height, width))  # B, 2, H, W
         outputs = {
             "output_image": reconstruction.permute(0, 2, 3, 1),

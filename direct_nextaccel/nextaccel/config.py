@@ -34,6 +34,9 @@ class AQVAEConfig(ModelConfig):
     # Engine: which acquisitions are simulated from the fully sampled k-space of each slice.
     mask_families: tuple[str, ...] = ("cartesian_x", "cartesian_y", "gaussian2d", "radial")
     mask_center_fraction: float = 0.015625
+    # Levels (0 = R32 ... 5 = FS) whose tokens form the output at validation and prediction; (0,) measures how much
+    # of the slice the R = 32 tokens alone carry. Training always decodes all six.
+    output_levels: tuple[int, ...] = (0, 1, 2, 3, 4, 5)
     # Initialisation from VAR's pretrained VQ-VAE (vae_ch160v4096z32.pth); None trains from scratch.
     var_checkpoint: str | None = None
     # Adversarial training: biomedclip (paper), vit_random or patch (explicit fallbacks), none (no discriminator).

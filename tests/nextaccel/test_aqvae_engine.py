@@ -212,3 +212,22 @@ def test_configs_build_the_tokenizer(path):
     assert model.quantizer.codebook.shape == (config.codebook_size, config.latent_dim)
     if config.codebook_size == 4096:
         assert sum(p.numel() for p in model.parameters()) == 108_922_498
+
+
+def test_output_levels_decode_a_subset_of_tokens_at_evaluation():
+    engine, batch = engine_and_batch()
+    engine.model.eval()
+    with torch.no_grad():
+        everything = engine._do_iteration(dict(batch)).output_image
+        engine.output_levels = (0,)
+        r32_only = engine._do_iteration(dict(batch)).output_image
+        again = engine._do_iteration(dict(batch)).output_image
+    assert everything.shape == r32_only.shape and not torch.equal(everything, r32_only)
+    assert torch.equal(r32_only, again)
+
+
+def test_bad_output_levels_are_refused():
+    config = OmegaConf.merge(OmegaConf.structured(AQVAEConfig), OmegaConf.load(TINY_CONFIG).model)
+    config.output_levels = [0, 6]
+    with pytest.raises(ValueError, match=r"output_levels \[0, 6\]"):
+        AQVAEEngine(OmegaConf.create({"model": config}), None, "cpu", fft2, ifft2)
