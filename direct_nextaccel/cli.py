@@ -23,6 +23,8 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
         "direct_nextaccel.data.raw_kspace",
         "convert the real raw multi-coil k-space in shared/data/kspace to the fastMRI layout",
     ),
+    "benchmark": ("direct_nextaccel.benchmark.quality", "score DIRECT runs/predictions per contrast and mask family"),
+    "speed": ("direct_nextaccel.benchmark.speed", "inference time per slice of NextAccel, E2EVarNet, RecurrentVarNet"),
 }
 
 

@@ -1,0 +1,141 @@
+"""The speed benchmark runs end to end at tiny size and reports what it measured; no assertion on timing values."""
+
+import json
+import re
+import sys
+
+import pytest
+import torch
+
+from direct_nextaccel import cli
+from direct_nextaccel.benchmark import speed
+
+BATCH_SIZES = (1, 2)
+ROW_NAMES = ("argmax", "beam1", "beam2", "beam3", "varnet", "recurrentvarnet")
+STAGES = {
+    "nextaccel": ["sensitivities", "tokenize", "generate", "decode"],
+    "baseline": ["sensitivities", "network"],
+}
+
+
+def test_tiny_benchmark_runs_every_model_and_mode_and_writes_json(tmp_path, capsys):
+    output = tmp_path / "results" / "speed.json"
+    argv = ["speed", "--config", "tiny", "--device", "cpu", "--repeats", "1", "--warmup", "0", "--no-progress"]
+    argv += ["--batch-sizes", *map(str, BATCH_SIZES), "--output", str(output)]
+    assert cli.main(argv) == 0
+    result = json.loads(output.read_text())
+
+    assert result["config"] == "tiny" and result["device_type"] == "cpu"
+    assert set(result["weights"]) == {"aqvae", "nextaccel", "varnet", "recurrentvarnet"}
+    assert all(value == speed.WEIGHTS_NOTE for value in result["weights"].values())
+    assert [(row["name"], row["batch_size"]) for row in result["rows"]] == [
+        (name, size) for size in BATCH_SIZES for name in ROW_NAMES[:4]
+    ] + [(name, size) for name in ROW_NAMES[4:] for size in BATCH_SIZES]
+    for row in result["rows"]:
+        time_ = row["seconds_per_slice"]
+        assert row["repeats"] == 1 and len(row["seconds_per_slice_samples"]) == 1
+        assert time_["median"] > 0 and time_["iqr"] == 0.0
+        stages = row["stage_seconds_per_slice"]
+        assert list(stages) == STAGES["baseline" if row["name"] in ("varnet", "recurrentvarnet") else "nextaccel"]
+        assert all(value > 0 for value in stages.values())
+        assert sum(stages.values()) == pytest.approx(time_["median"])
+        assert row["parameters"] > 0
+        if sys.platform == "linux":
+            assert row["peak_memory_mib"] > 0
+
+    # Ratios come from this run's medians, every one of them for every batch size.
+    medians = {(row["name"], row["batch_size"]): row["seconds_per_slice"]["median"] for row in result["rows"]}
+    ratios = {(r["numerator"], r["denominator"], r["batch_size"]): r for r in result["ratios"]}
+    assert set(ratios) == {(num, den, size) for num, den, _ in speed.RATIOS for size in BATCH_SIZES}
+    for (num, den, size), ratio in ratios.items():
+        assert ratio["ratio"] == medians[num, size] / medians[den, size]
+    assert ratios["beam1", "argmax", 1]["target_at_most"] == 1.7
+    assert ratios["argmax", "varnet", 2]["meets_target"] == (ratios["argmax", "varnet", 2]["ratio"] <= 1.0)
+
+    printed = capsys.readouterr().out
+    assert "| NextAccel beam k=3 | 2 |" in printed and "| RecurrentVarNet | 1 |" in printed
+    assert "| NextAccel beam k=1 / NextAccel argmax | 1 |" in printed
+    assert speed.WEIGHTS_NOTE in printed
+
+
+def test_runs_a_subset_with_bf16_autocast():
+    result = speed.benchmark(
+        config="tiny", batch_sizes=[1], repeats=1, warmup=0, modes=["beam2"], models=["nextaccel"], bf16=True
+    )
+    assert [row["name"] for row in result["rows"]] == ["beam2"]
+    assert result["ratios"] == [] and set(result["weights"]) == {"aqvae", "nextaccel"}
+    assert result["bf16"]
+
+
+@pytest.mark.parametrize(
+    ("options", "named"),
+    [
+        ({"config": "huge"}, "'huge'"),
+        ({"device": "tpu"}, "'tpu'"),
+        ({"batch_sizes": [1, 0]}, "batch size 0"),
+        ({"batch_sizes": [2, 2]}, "[2, 2]"),
+        ({"repeats": 0}, "repeats 0"),
+        ({"warmup": -1}, "warmup -1"),
+        ({"modes": ["beam4"]}, "'beam4'"),
+        ({"models": ["unet"]}, "'unet'"),
+        ({"checkpoints": {"miar": None}}, "'miar'"),
+    ],
+)
+def test_bad_options_raise_naming_the_value(options, named):
+    with pytest.raises(ValueError, match=re.escape(named)):
+        speed.benchmark(**options)
+
+
+def test_missing_checkpoint_and_config_are_named(tmp_path):
+    missing = tmp_path / "model_10.pt"
+    with pytest.raises(FileNotFoundError, match=re.escape(str(missing))):
+        speed.benchmark(checkpoints={"aqvae": missing})
+    with pytest.raises(FileNotFoundError, match="--repo-root"):
+        speed.benchmark(models=["varnet"], repo_root=tmp_path)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal of CUDA on a machine without a GPU")
+def test_cuda_without_gpu_is_refused():
+    with pytest.raises(ValueError, match="'cuda'"):
+        speed.benchmark(device="cuda", models=["varnet"])
+
+
+def test_cli_reports_a_bad_option_in_one_line(capsys):
+    assert cli.main(["speed", "--config", "tiny", "--device", "cpu", "--repeats", "0"]) == 2
+    assert "repeats 0" in capsys.readouterr().err
+
+
+def test_checkpoints_are_loaded_in_direct_and_bare_formats(tmp_path):
+    config = speed.REPOSITORY / speed.SETUPS["tiny"].varnet_config
+    engine = speed.build_engine(config)
+    model_state = {k: torch.full_like(v, 0.5) for k, v in engine.model.state_dict().items()}
+    sensitivity = engine.models["sensitivity_model"]
+    sensitivity_state = {k: torch.full_like(v, 0.25) for k, v in sensitivity.state_dict().items()}
+    torch.save({"model": model_state, "sensitivity_model": sensitivity_state, "iteration": 10}, tmp_path / "direct.pt")
+    torch.save(model_state, tmp_path / "bare.pt")
+
+    loaded = speed.build_engine(config, tmp_path / "direct.pt")
+    assert all(torch.equal(v, model_state[k]) for k, v in loaded.model.state_dict().items())
+    assert all(torch.equal(v, sensitivity_state[k]) for k, v in loaded.models["sensitivity_model"].state_dict().items())
+    bare = speed.build_engine(config, tmp_path / "bare.pt")
+    assert all(torch.equal(v, model_state[k]) for k, v in bare.model.state_dict().items())
+
+    torch.save({"model": {"layers_list.0.learning_rate": torch.ones(3)}}, tmp_path / "wrong.pt")
+    with pytest.raises(ValueError, match=r"wrong\.pt"):
+        speed.build_engine(config, tmp_path / "wrong.pt")
+
+
+def test_summary_statistics_and_ratio_targets():
+    samples = [{"a": 0.5, "b": 0.5}, {"a": 1.0, "b": 1.0}, {"a": 1.0, "b": 2.0}, {"a": 2.0, "b": 2.0}]
+    row = speed.summarize("argmax", 2, samples, None, 10)  # totals per slice 0.5, 1.0, 1.5, 2.0
+    assert row["seconds_per_slice"] == pytest.approx({"median": 1.25, "q25": 0.875, "q75": 1.625, "iqr": 0.75})
+    assert row["stage_seconds_per_slice"] == pytest.approx({"a": 0.5, "b": 0.75})
+
+    def timed(name, seconds):
+        return {"name": name, "batch_size": 1, "seconds_per_slice": {"median": seconds}}
+
+    ratios = speed.compute_ratios([timed("argmax", 2.0), timed("varnet", 1.0), timed("beam1", 3.0)])
+    assert [(r["label"], r["ratio"], r["meets_target"]) for r in ratios] == [
+        ("NextAccel argmax / E2EVarNet", 2.0, False),
+        ("NextAccel beam k=1 / NextAccel argmax", 1.5, True),
+    ]
