@@ -11,8 +11,7 @@ YAML::
 
     masking:
       name: SuperResolution
-      accelerations: [16]  # the area fraction DIRECT reports: 4 x 4
-      sr_factor: 4         # per axis; optional, else the square root of the acceleration
+      accelerations: [16]  # 4 x 4: the factor per axis is the square root
 
 The block is centred on the DC sample (index ``N // 2`` under DIRECT's centred FFT) and starts at
 ``N // 2 - (N / f) // 2``, so its own DC sits at its index ``(N / f) // 2``, the centred-FFT convention of the
@@ -131,16 +130,18 @@ class SuperResolutionMaskFunc(BaseMaskFunc):
     accelerations : sequence of numbers
         Fractions of k-space removed, ``f * f`` for factor ``f`` per axis (DIRECT requires the key; it is what DIRECT
         stores as the sample's ``acceleration``). Several values draw one per call like DIRECT's discrete mode.
-    center_fractions : None
-        Must be absent: the whole acquisition is the k-space centre (also the calibration region DIRECT uses for
-        sensitivity estimation; ``return_acs`` gives the same block).
+    center_fractions : sequence of numbers, optional
+        Ignored: the whole acquisition is the k-space centre, which is also the calibration region DIRECT estimates
+        sensitivities from (``return_acs`` gives the same block). DIRECT's typed ``inference`` config always passes
+        its default (0.1), so the key cannot be refused.
     range_mode : RangeMode
         Only ``RangeMode.DISCRETE``.
     mode : MaskFuncMode
         Only ``MaskFuncMode.STATIC``.
     sr_factor : int, optional
         Factor per axis; then every acceleration must be ``sr_factor ** 2``. Without it the factor is the square root
-        of the drawn acceleration.
+        of the drawn acceleration. DIRECT passes it from ``training`` and ``validation`` masking sections, but its typed
+        ``inference`` section rejects unknown keys, so configs give ``accelerations`` alone.
 
     Raises
     ------
@@ -161,11 +162,6 @@ class SuperResolutionMaskFunc(BaseMaskFunc):
             raise ValueError(f"mask mode {mode!r} is not supported by SuperResolution: only 'static' is")
         if RangeMode.DISCRETE != range_mode:
             raise ValueError(f"range mode {range_mode!r} is not supported by SuperResolution: only 'discrete' is")
-        if center_fractions is not None:
-            raise ValueError(
-                f"center_fractions {list(center_fractions)!r} has no meaning for SuperResolution: the acquisition is "
-                "the k-space centre itself; remove the key"
-            )
         if isinstance(accelerations, Real) or not accelerations:
             raise ValueError(f"accelerations {accelerations!r} must be a non-empty sequence, e.g. [16] for 4 x 4")
         if sr_factor is not None:
