@@ -1,0 +1,406 @@
+"""MIAR's transformer: next-scale prediction of MSVQ-VAE tokens, conditioned on low-resolution features.
+
+Sequence (paper appendix A)
+    ``<SOS>, F_1, ..., F_{S-1}``: the start token predicts scale 0 (1 x 1); the input predicting scale ``k >= 1`` is
+    VAR's: the cumulative latent of scales ``0..k-1`` (sum of their Phi'd, enlarged codes) area-shrunk to scale
+    ``k``'s grid and projected to the embedding width. Every token of a scale is predicted in parallel; training uses
+    the block-causal scale mask, inference one scale per step with a KV cache and no mask.
+
+Blocks
+    :class:`~direct_nextaccel.modules.transformer.RMSNormBlock` (paper default 4): RMSNorm, self-attention with
+    scale-aligned 2D RoPE on queries and keys (one :class:`Rope2D` precomputed for all scales, shared by the
+    blocks), cross-attention to the LR features, fused SwiGLU MLP.
+
+Low-resolution control (section 3.2)
+    The LR image (the zero-filled image of the super-resolution mask, i.e. the zero-padding upsampled acquisition)
+    goes through a trainable copy of the MSVQ-VAE encoder, initialised from the tokenizer's (:meth:`load_tokenizer`):
+    its latent (C_lr = latent_dim = 32 channels on the finest token grid) is the cross-attention context.
+
+Positions
+    RoPE is relative and lives in self-attention only (the shared cross-attention has no rotary hook), so queries
+    would not know which LR features are theirs. Token inputs and context tokens therefore also carry a learned
+    absolute code, initialised with the same 2D sine-cosine code of the image region they cover (the context grid is
+    the finest token grid), and a learned per-scale embedding as in VAR. ``use_rope=False`` is the paper's RoPE
+    ablation.
+
+Decoding goes through :mod:`direct_nextaccel.modules.decoding` (argmax, sampling, MIAR's beam search), the same code
+NextAccel uses; the frozen tokenizer turns the tokens into the image.
+"""
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from direct_nextaccel.miar.msvqvae import MSVQVAE
+from direct_nextaccel.modules.attention import ContextKV, KVCache
+from direct_nextaccel.modules.decoding import (
+    BEAM_TOKEN_COUNTS,
+    SAMPLING_MODES,
+    StepFn,
+    beam_search,
+    decode,
+    filter_logits,
+    step_from_history,
+)
+from direct_nextaccel.modules.quantizer import resize_latent
+from direct_nextaccel.modules.rope import Rope2D
+from direct_nextaccel.modules.transformer import RMSNormBlock, block_causal_mask
+from direct_nextaccel.modules.vqvae import Encoder
+from direct_nextaccel.nextaccel.nextaccel import sincos_2d
+
+GENERATION_MODES = (*SAMPLING_MODES, "beam")
+
+
+def check_decoding(mode: str, beam_k: int, beam_alpha: float, top_k: int, top_p: float, temperature: float) -> None:
+    """Raise a one-line ValueError naming the first bad decoding setting."""
+    if mode not in GENERATION_MODES:
+        raise ValueError(f"decoding {mode!r} is not one of {GENERATION_MODES}")
+    if isinstance(beam_k, bool) or beam_k not in BEAM_TOKEN_COUNTS:
+        raise ValueError(f"beam_k {beam_k!r} is not one of {BEAM_TOKEN_COUNTS}")
+    if beam_alpha < 0:
+        raise ValueError(f"beam_alpha {beam_alpha} must be non-negative")
+    filter_logits(torch.zeros(1, 2), top_k=top_k, top_p=top_p)
+    if mode in ("multinomial", "top_k_top_p") and temperature <= 0:
+        raise ValueError(f"temperature {temperature} must be positive for decoding {mode!r}")
+
+
+def _init_transformer_weights(module: nn.Module) -> None:
+    if isinstance(module, nn.Linear):
+        nn.init.trunc_normal_(module.weight, std=0.02)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
+    elif isinstance(module, nn.Embedding):
+        nn.init.trunc_normal_(module.weight, std=0.02)
+
+
+class MIAR(nn.Module):
+    """Autoregressive super-resolution transformer over MSVQ-VAE scales.
+
+    Parameters
+    ----------
+    depth, embed_dim, num_heads, mlp_ratio
+        Transformer shape (paper: 4 blocks; width not stated, default VAR-d16's 1024 with 16 heads).
+    drop_path_rate : float
+        Stochastic depth of the last block, increasing linearly from 0 at the first.
+    use_rope : bool
+        Scale-aligned 2D RoPE in self-attention; needs ``embed_dim / num_heads`` divisible by 4.
+    rope_base : float
+        RoPE frequency base.
+    qk_norm : bool
+        Cosine self-attention (VAR); off by default (not in the paper).
+    in_channels, base_channels, channel_multipliers, num_res_blocks, latent_dim, codebook_size, scales, quant_resi,
+    num_phi, image_size
+        The MSVQ-VAE's shape: the model holds a frozen tokenizer of that shape (loaded with :meth:`load_tokenizer`)
+        and a trainable copy of its encoder for the LR image.
+    forward_operator, backward_operator
+        Passed by DIRECT to every model; unused.
+    """
+
+    def __init__(
+        self,
+        depth: int = 4,
+        embed_dim: int = 1024,
+        num_heads: int = 16,
+        mlp_ratio: float = 4.0,
+        drop_path_rate: float = 0.0,
+        use_rope: bool = True,
+        rope_base: float = 10000.0,
+        qk_norm: bool = False,
+        in_channels: int = 2,
+        base_channels: int = 160,
+        channel_multipliers: Sequence[int] = (1, 1, 2, 4),
+        num_res_blocks: int = 2,
+        latent_dim: int = 32,
+        codebook_size: int = 4096,
+        scales: Sequence[int] = (1, 2, 3, 4, 6, 9, 13, 18, 24, 32),
+        quant_resi: float = 0.5,
+        num_phi: int = 4,
+        image_size: Sequence[int] = (256, 256),
+        forward_operator: Any = None,
+        backward_operator: Any = None,
+    ) -> None:
+        super().__init__()
+        if depth < 1:
+            raise ValueError(f"depth {depth} must be at least 1")
+        if num_heads < 1 or embed_dim % num_heads:
+            raise ValueError(f"num_heads {num_heads} does not divide embed_dim {embed_dim}")
+        head_dim = embed_dim // num_heads
+        if use_rope and head_dim % 4:
+            raise ValueError(
+                f"2D RoPE head dimension {head_dim} (embed_dim {embed_dim} / num_heads {num_heads}) is not divisible "
+                "by 4"
+            )
+        if embed_dim % 4:
+            raise ValueError(f"embed_dim {embed_dim} is not divisible by 4, needed by the 2D position code")
+        self.tokenizer = MSVQVAE(
+            in_channels=in_channels,
+            base_channels=base_channels,
+            channel_multipliers=channel_multipliers,
+            num_res_blocks=num_res_blocks,
+            latent_dim=latent_dim,
+            codebook_size=codebook_size,
+            scales=scales,
+            quant_resi=quant_resi,
+            num_phi=num_phi,
+            scale_dropout=0.0,
+            image_size=image_size,
+        )
+        self.tokenizer.requires_grad_(False)
+        self.tokenizer.eval()
+        self.context_encoder = Encoder(
+            in_channels=in_channels,
+            base_channels=base_channels,
+            channel_multipliers=channel_multipliers,
+            num_res_blocks=num_res_blocks,
+            latent_dim=latent_dim,
+            num_labels=(1,),
+            feature_strides=(),
+        )
+        self.scales = self.tokenizer.scales
+        self.num_scales = self.tokenizer.num_scales
+        self.lengths = self.tokenizer.token_lengths
+        self.offsets = [sum(self.lengths[:k]) for k in range(self.num_scales + 1)]
+        self.codebook_size = codebook_size
+        self.image_size = self.tokenizer.image_size
+        self.in_channels = in_channels
+        grid = self.tokenizer.latent_hw
+
+        self.rope = Rope2D(head_dim, [(s, s) for s in self.scales], base=rope_base) if use_rope else None
+        self.context_norm = nn.LayerNorm(latent_dim, eps=1e-6)
+        self.context_proj = nn.Linear(latent_dim, embed_dim)
+        self.context_pos = nn.Parameter(0.02 * sincos_2d(grid[0], grid[1], embed_dim, grid)[None])  # 1, N, C
+        self.start_token = nn.Parameter(torch.zeros(1, 1, embed_dim))  # <SOS>
+        self.word_embed = nn.Linear(latent_dim, embed_dim)
+        self.pos_embed = nn.Parameter(
+            0.02 * torch.cat([sincos_2d(s, s, embed_dim, grid) for s in self.scales])[None]
+        )  # 1, L, C
+        self.scale_embed = nn.Embedding(self.num_scales, embed_dim)
+        self.register_buffer(
+            "scale_of_token",
+            torch.repeat_interleave(torch.arange(self.num_scales), torch.tensor(self.lengths)),
+            persistent=False,
+        )
+        drop_path = [drop_path_rate * i / max(depth - 1, 1) for i in range(depth)]
+        self.blocks = nn.ModuleList(
+            RMSNormBlock(
+                embed_dim,
+                num_heads,
+                context_dim=embed_dim,
+                mlp_ratio=mlp_ratio,
+                drop_path=drop_path[i],
+                rope=self.rope,
+                qk_norm=qk_norm,
+            )
+            for i in range(depth)
+        )
+        self.head_norm = nn.RMSNorm(embed_dim, eps=1e-6)
+        self.head = nn.Linear(embed_dim, codebook_size)
+        for module in (self.context_proj, self.word_embed, self.scale_embed, self.blocks, self.head):
+            module.apply(_init_transformer_weights)
+        nn.init.trunc_normal_(self.start_token, std=0.02)
+
+    def train(self, mode: bool = True) -> "MIAR":
+        """Set training mode for everything but the tokenizer, which stays frozen in evaluation mode."""
+        super().train(mode)
+        self.tokenizer.eval()
+        return self
+
+    # Loading from the tokenizer -------------------------------------------------------------------------------------
+
+    def load_tokenizer(self, state_dict: dict[str, Tensor]) -> None:
+        """Load the trained MSVQ-VAE (its ``state_dict()``) and initialise the LR encoder from its encoder.
+
+        Raises
+        ------
+        ValueError
+            Naming the first missing, unexpected or differently shaped key; nothing is loaded then.
+        """
+        own = self.tokenizer.state_dict()
+        for key, target in own.items():
+            if key not in state_dict:
+                raise ValueError(f"MSVQ-VAE state dict has no key '{key}' (is it an MSVQ-VAE checkpoint?)")
+            if tuple(state_dict[key].shape) != tuple(target.shape):
+                raise ValueError(
+                    f"MSVQ-VAE key '{key}' has shape {tuple(state_dict[key].shape)}, the model's tokenizer needs "
+                    f"{tuple(target.shape)}: the MIAR config must repeat the tokenizer's shape"
+                )
+        for key in state_dict:
+            if key not in own:
+                raise ValueError(f"unexpected key '{key}' for the MSVQ-VAE tokenizer")
+        self.tokenizer.load_state_dict(state_dict)
+        self.context_encoder.load_state_dict(self.tokenizer.encoder.state_dict())
+
+    # Inputs ---------------------------------------------------------------------------------------------------------
+
+    def _check_image(self, image: Tensor) -> int:
+        expected = (self.in_channels, *self.image_size)
+        if image.ndim != 4 or tuple(image.shape[1:]) != expected:
+            raise ValueError(f"lr_image must have shape (B, {', '.join(map(str, expected))}), got {tuple(image.shape)}")
+        return image.shape[0]
+
+    def _check_tokens(self, tokens: Sequence[Tensor], batch: int) -> None:
+        if len(tokens) != self.num_scales:
+            raise ValueError(f"expected token maps of {self.num_scales} scales, got {len(tokens)}")
+        for k, (idx, side) in enumerate(zip(tokens, self.scales, strict=True)):
+            if idx.dtype not in (torch.int64, torch.int32):
+                raise TypeError(f"tokens[{k}] must be an integer tensor, got {idx.dtype}")
+            if tuple(idx.shape) != (batch, side, side):
+                raise ValueError(f"tokens[{k}] must have shape ({batch}, {side}, {side}), got {tuple(idx.shape)}")
+
+    def context(self, lr_image: Tensor) -> list[ContextKV]:
+        """Cross-attention keys/values of every block from the LR image (B, in_channels, H, W), computed once."""
+        self._check_image(lr_image)
+        labels = (torch.zeros(lr_image.shape[0], dtype=torch.long, device=lr_image.device),)
+        features = self.context_encoder(lr_image, labels)  # B, D, h, w
+        tokens = self.context_proj(self.context_norm(features.flatten(2).transpose(1, 2))) + self.context_pos
+        return [block.precompute_context(tokens) for block in self.blocks]
+
+    def _scale_input(self, f_hat: Tensor, scale: int) -> Tensor:
+        """Input tokens (B, s_k^2, C) predicting scale ``scale >= 1`` from the cumulative latent of coarser scales."""
+        side = self.scales[scale]
+        codes = resize_latent(f_hat, (side, side)).flatten(2).transpose(1, 2)  # B, s^2, D
+        start = self.offsets[scale]
+        position = self.pos_embed[:, start : start + side * side]
+        return self.word_embed(codes) + position + self.scale_embed.weight[scale]
+
+    def _start_input(self, batch: int) -> Tensor:
+        return (self.start_token + self.pos_embed[:, :1] + self.scale_embed.weight[0]).expand(batch, -1, -1)
+
+    def _logits(self, x: Tensor) -> Tensor:
+        return self.head(self.head_norm(x))  # B, L, V
+
+    # Training -------------------------------------------------------------------------------------------------------
+
+    def forward(self, lr_image: Tensor, tokens: Sequence[Tensor]) -> list[Tensor]:
+        """Teacher-forced logits of every scale in one block-causal pass.
+
+        Parameters
+        ----------
+        lr_image : Tensor
+            Low-resolution input at the model size, (B, in_channels, H, W).
+        tokens : Sequence[Tensor]
+            The HR image's token maps from the tokenizer (:meth:`MSVQVAE.tokenize`), long (B, s_k, s_k). The last is
+            only a target.
+
+        Returns
+        -------
+        list of Tensor
+            Logits (B, s_k^2, V) per scale; the targets are ``tokens[k].flatten(1)``.
+        """
+        batch = self._check_image(lr_image)
+        self._check_tokens(tokens, batch)
+        return self._teacher_forced_logits(tokens[:-1], self.context(lr_image), batch)
+
+    def _teacher_forced_logits(self, known: Sequence[Tensor], context_kv: list[ContextKV], batch: int) -> list[Tensor]:
+        """Logits of scales ``0..len(known)`` given the tokens of scales ``0..len(known)-1``."""
+        inputs = [self._start_input(batch)]
+        with torch.no_grad():
+            cumulative = self.tokenizer.cumulative_latents(known) if known else []
+        inputs += [self._scale_input(f_hat, k + 1) for k, f_hat in enumerate(cumulative)]
+        x = torch.cat(inputs, dim=1)  # B, L, C
+        lengths = self.lengths[: len(known) + 1]
+        mask = block_causal_mask(lengths, device=x.device)
+        for block, kv in zip(self.blocks, context_kv, strict=True):
+            x = block(x, kv, attn_mask=mask)
+        return list(self._logits(x).split(lengths, dim=1))
+
+    # Inference ------------------------------------------------------------------------------------------------------
+
+    def _cached_step(self, tokens: Tensor | None, state: dict[str, Any]) -> tuple[Tensor, dict[str, Any]]:
+        """Decoding step: add the previous scale's tokens (N, s^2) to the latent, predict the next scale."""
+        scale = state["scale"]
+        if tokens is None:
+            x = self._start_input(state["f_hat"].shape[0])
+            f_hat = state["f_hat"]
+        else:
+            side = self.scales[scale - 1]
+            f_hat = state["f_hat"] + self.tokenizer.contribution(tokens.reshape(-1, side, side), scale - 1)
+            x = self._scale_input(f_hat, scale)
+        for block, kv, cache in zip(self.blocks, state["context"], state["caches"], strict=True):
+            x = block(x, kv, cache=cache)
+        return self._logits(x), {**state, "f_hat": f_hat, "scale": scale + 1}
+
+    def _next_scale_logits(self, history: list[Tensor], condition: dict[str, Any]) -> Tensor:
+        """Cache-free decoding: recompute all known scales with the block-causal mask, keep the newest logits."""
+        batch = condition["context"][0].keys.shape[0]
+        known = [t.view(batch, s, s) for t, s in zip(history, self.scales, strict=False)]
+        return self._teacher_forced_logits(known, condition["context"], batch)[-1]
+
+    @torch.no_grad()
+    def generate(
+        self,
+        lr_image: Tensor,
+        mode: str = "beam",
+        beam_k: int = 1,
+        beam_alpha: float = 1.0,
+        top_k: int = 0,
+        top_p: float = 1.0,
+        temperature: float = 1.0,
+        generator: torch.Generator | None = None,
+        use_cache: bool = True,
+    ) -> list[Tensor]:
+        """Generate all scales' tokens for LR images, one scale per step.
+
+        Parameters
+        ----------
+        lr_image : Tensor
+            (B, in_channels, H, W).
+        mode : str
+            ``"argmax"``, ``"multinomial"``, ``"top_k_top_p"`` or ``"beam"`` (paper: beam search, k = 1).
+        beam_k, beam_alpha
+            Positions branched on per scale (1, 2 or 3) and the margin weight of eq. 4.
+        top_k, top_p, temperature, generator
+            Sampling settings of the sampling modes.
+        use_cache : bool
+            Per-block KV caches (default); False recomputes every known scale with the mask at each step.
+
+        Returns
+        -------
+        list of Tensor
+            Long (B, s_k, s_k) per scale.
+        """
+        check_decoding(mode, beam_k, beam_alpha, top_k, top_p, temperature)
+        batch = self._check_image(lr_image)
+        context_kv = self.context(lr_image)
+        step: StepFn
+        if use_cache:
+            f_hat = lr_image.new_zeros(batch, self.tokenizer.quantizer.dim, *self.tokenizer.latent_hw)
+            caches = [KVCache() for _ in self.blocks]
+            step, state = self._cached_step, {"context": context_kv, "caches": caches, "f_hat": f_hat, "scale": 0}
+        else:
+            step, state = step_from_history(self._next_scale_logits), ([], {"context": context_kv})
+        if mode == "beam":
+            generated, _ = beam_search(step, state, self.num_scales, k=beam_k, alpha=beam_alpha)
+        else:
+            generated = decode(step, state, self.num_scales, None, mode, temperature, top_k, top_p, generator)
+        return [t.view(batch, s, s) for t, s in zip(generated, self.scales, strict=True)]
+
+    @torch.no_grad()
+    def super_resolve(self, lr_image: Tensor, **decoding: Any) -> Tensor:
+        """HR image (B, in_channels, H, W) decoded by the tokenizer from :meth:`generate`'s tokens."""
+        return self.tokenizer.decode_indices(self.generate(lr_image, **decoding))
+
+
+def token_cross_entropy(logits: Sequence[Tensor], tokens: Sequence[Tensor]) -> tuple[Tensor, Tensor]:
+    """Mean cross-entropy over every token of every scale (VAR), and the fraction of tokens predicted exactly.
+
+    Parameters
+    ----------
+    logits : Sequence[Tensor]
+        (B, s_k^2, V) per scale.
+    tokens : Sequence[Tensor]
+        Targets, long (B, s_k, s_k) per scale.
+
+    Returns
+    -------
+    tuple[Tensor, Tensor]
+        Scalar loss and scalar accuracy.
+    """
+    flat_logits = torch.cat(list(logits), dim=1)  # B, L, V
+    targets = torch.cat([t.flatten(1) for t in tokens], dim=1)  # B, L
+    loss = F.cross_entropy(flat_logits.flatten(0, 1).float(), targets.flatten())
+    accuracy = (flat_logits.argmax(dim=-1) == targets).float().mean()
+    return loss, accuracy
