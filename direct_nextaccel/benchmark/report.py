@@ -1,0 +1,307 @@
+"""Layout of benchmark results as the paper's tables: Markdown (one table per mask family), CSV and JSON.
+
+Nothing here computes a metric: :mod:`direct_nextaccel.benchmark.quality` fills :class:`FamilyTable` objects and
+these functions only lay them out. A Markdown table has one row per method (the zero-filled reference first) and one
+column per metric and contrast, ``PSNR ↑ T1 | PSNR ↑ T2 | ... | SSIM ↑ T1 | ...`` (the two header rows of the paper's
+Tables 1-2 flattened into one), then seconds per slice and peak memory. The best value of each column is bold, as in
+the paper. A method that failed keeps its row, whose first cell after the name says why.
+
+This module imports nothing heavy, so the command-line parser can use :data:`METRIC_LABELS`.
+"""
+
+import csv
+import io
+import json
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+METRIC_LABELS: dict[str, tuple[str, bool]] = {
+    "psnr": ("PSNR", True),
+    "ssim": ("SSIM", True),
+    "nmse": ("NMSE", False),
+    "hfen": ("HFEN", False),
+    "lpips": ("LPIPS", False),
+    "lpips_vgg": ("LPIPS-VGG", False),
+    "dists": ("DISTS", False),
+    "haarpsi": ("HaarPSI", True),
+    "gmsd": ("GMSD", False),
+}
+"""Metric name (a key of :data:`direct_nextaccel.metrics.METRICS`) -> (column label, higher is better)."""
+
+_FORMATS = {"psnr": ".2f", "nmse": ".4f", "gmsd": ".4f"}  # every other metric ".3f"
+NOT_MEASURED = "—"
+"""Cell of a time or memory column for methods the benchmark did not run (existing predictions, zero-filled)."""
+
+
+@dataclass
+class MethodRow:
+    """One method's results in one mask family.
+
+    Attributes
+    ----------
+    name : str
+        Row label.
+    scores : dict
+        Metric -> contrast -> mean over that contrast's volumes (a float, possibly ``inf``), or a string such as
+        ``"n/a (weights unavailable)"``. Empty when the method failed.
+    error : str, optional
+        One line saying why the method has no results.
+    seconds_per_slice : float, optional
+        Reconstruction time per slice, when the benchmark ran the method.
+    peak_memory_mib : float, optional
+        Peak memory of the method's run in MiB, when the benchmark ran it.
+    volumes : list of dict
+        Per-volume records (file, contrast, slices and one value per metric), kept for the JSON output.
+    warnings : list of str
+        Things the reader of the table must know about this row (e.g. a sampling mask that differs from the
+        zero-filled reference's).
+    """
+
+    name: str
+    scores: dict[str, dict[str, float | str]] = field(default_factory=dict)
+    error: str | None = None
+    seconds_per_slice: float | None = None
+    peak_memory_mib: float | None = None
+    volumes: list[dict[str, object]] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+
+@dataclass
+class FamilyTable:
+    """All methods of one mask family: the content of one Markdown table.
+
+    Attributes
+    ----------
+    family : str
+        Mask family (or DIRECT masking name).
+    acceleration : str
+        Acceleration label for the title, e.g. ``"32"``.
+    metrics : list of str
+        Metric names, in column order.
+    contrasts : list of str
+        Contrast names, in column order within each metric.
+    volume_counts : dict
+        Contrast -> number of volumes averaged.
+    rows : list of MethodRow
+        Zero-filled reference first, then the methods in the order given.
+    memory : str
+        What the peak memory column measures.
+    """
+
+    family: str
+    acceleration: str
+    metrics: list[str]
+    contrasts: list[str]
+    volume_counts: dict[str, int]
+    rows: list[MethodRow]
+    memory: str = "peak memory"
+
+
+def format_value(metric: str, value: float | str) -> str:
+    """A metric value as printed in the tables: fixed decimals per metric, ``inf`` for infinite, strings as given."""
+    if isinstance(value, str):
+        return value
+    if math.isinf(value):
+        return "inf" if value > 0 else "-inf"
+    if math.isnan(value):
+        return "nan"
+    return format(value, _FORMATS.get(metric, ".3f"))
+
+
+def column_labels(table: FamilyTable) -> list[str]:
+    """Header cells after ``Method``: ``"PSNR ↑ T1"`` ... then ``"s/slice"`` and ``"Peak mem (MiB)"``."""
+    labels = []
+    for metric in table.metrics:
+        label, higher = METRIC_LABELS[metric]
+        labels += [f"{label} {'↑' if higher else '↓'} {contrast}" for contrast in table.contrasts]
+    return [*labels, "s/slice", "Peak mem (MiB)"]
+
+
+def _best(table: FamilyTable, metric: str, contrast: str) -> float | None:
+    values = [
+        row.scores[metric][contrast]
+        for row in table.rows
+        if row.error is None and isinstance(row.scores.get(metric, {}).get(contrast), float | int)
+    ]
+    values = [value for value in values if not math.isnan(value)]
+    if len(values) < 2:
+        return None
+    return max(values) if METRIC_LABELS[metric][1] else min(values)
+
+
+def markdown_table(table: FamilyTable) -> str:
+    """The family's table in Markdown, without title; the best value of each metric column is bold.
+
+    Parameters
+    ----------
+    table : FamilyTable
+        Results of one family.
+
+    Returns
+    -------
+    str
+        Header, alignment row and one line per method, joined by newlines (no trailing newline).
+    """
+    labels = column_labels(table)
+    lines = [
+        "| " + " | ".join(["Method", *labels]) + " |",
+        "|" + "|".join([":---", *["---:"] * len(labels)]) + "|",
+    ]
+    best = {(m, c): _best(table, m, c) for m in table.metrics for c in table.contrasts}
+    for row in table.rows:
+        if row.error is not None:
+            cells = [f"failed: {row.error}", *[""] * (len(labels) - 1)]
+        else:
+            cells = []
+            for metric in table.metrics:
+                for contrast in table.contrasts:
+                    value = row.scores[metric][contrast]
+                    text = format_value(metric, value)
+                    cells.append(f"**{text}**" if best[metric, contrast] == value and text != "nan" else text)
+            cells.append(NOT_MEASURED if row.seconds_per_slice is None else f"{row.seconds_per_slice:.3f}")
+            cells.append(NOT_MEASURED if row.peak_memory_mib is None else f"{row.peak_memory_mib:.0f}")
+        lines.append("| " + " | ".join([_escape(row.name), *(_escape(cell) for cell in cells)]) + " |")
+    return "\n".join(lines)
+
+
+def _escape(cell: str) -> str:
+    return cell.replace("|", "\\|")
+
+
+def markdown_report(tables: Sequence[FamilyTable], notes: Sequence[str] = ()) -> str:
+    """All families' tables, each under a ``### <family>, R = <acceleration>`` title with its volume counts and the
+    warnings of its rows, then ``notes`` as a list.
+
+    Returns
+    -------
+    str
+        Markdown document ending in a newline.
+    """
+    parts = []
+    for table in tables:
+        counts = ", ".join(f"{contrast} {table.volume_counts.get(contrast, 0)}" for contrast in table.contrasts)
+        parts.append(f"### {table.family}, R = {table.acceleration}\n\n{markdown_table(table)}\n")
+        details = [f"Volumes per contrast: {counts}. Peak memory: {table.memory}."]
+        details += [f"{row.name}: {warning}" for row in table.rows for warning in row.warnings]
+        parts.append("\n".join(f"- {line}" for line in details) + "\n")
+    if notes:
+        parts.append("\n".join(f"- {note}" for note in notes) + "\n")
+    return "\n".join(parts)
+
+
+def csv_text(tables: Sequence[FamilyTable]) -> str:
+    """One CSV line per family and method: ``family, method, status, error``, then ``<metric>_<contrast>`` columns
+    (the union over families, in order of appearance), ``seconds_per_slice`` and ``peak_memory_mib``.
+
+    Numbers are written with full precision (``inf`` for infinite); cells without a value are empty.
+    """
+    value_columns: list[str] = []
+    for table in tables:
+        for metric in table.metrics:
+            for contrast in table.contrasts:
+                if f"{metric}_{contrast}" not in value_columns:
+                    value_columns.append(f"{metric}_{contrast}")
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(["family", "method", "status", "error", *value_columns, "seconds_per_slice", "peak_memory_mib"])
+    for table in tables:
+        for row in table.rows:
+            values = {
+                f"{metric}_{contrast}": _plain(value)
+                for metric, by_contrast in row.scores.items()
+                for contrast, value in by_contrast.items()
+            }
+            writer.writerow(
+                [
+                    table.family,
+                    row.name,
+                    "failed" if row.error is not None else "ok",
+                    row.error or "",
+                    *(values.get(column, "") for column in value_columns),
+                    _plain(row.seconds_per_slice),
+                    _plain(row.peak_memory_mib),
+                ]
+            )
+    return buffer.getvalue()
+
+
+def _plain(value: float | str | None) -> str | float:
+    if value is None:
+        return ""
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    return value
+
+
+def _json_value(value: object) -> object:
+    """Strict-JSON version of a result: non-finite floats become the strings ``"inf"``, ``"-inf"``, ``"nan"``."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, Mapping):
+        return {str(key): _json_value(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_json_value(item) for item in value]
+    return value
+
+
+def json_document(tables: Sequence[FamilyTable], settings: Mapping[str, object]) -> dict[str, object]:
+    """Everything the benchmark measured, as strict JSON (non-finite numbers as strings).
+
+    Parameters
+    ----------
+    tables : sequence of FamilyTable
+        Results per family.
+    settings : Mapping
+        How the benchmark was run (data folder, device, metrics, ...), stored under ``"settings"``.
+
+    Returns
+    -------
+    dict
+        ``{"settings": ..., "families": {family: {"acceleration", "contrasts", "metrics", "volume_counts", "memory",
+        "rows": [{"method", "status", "error", "scores", "seconds_per_slice", "peak_memory_mib", "warnings",
+        "volumes"}]}}}``.
+    """
+    families = {}
+    for table in tables:
+        families[table.family] = {
+            "acceleration": table.acceleration,
+            "contrasts": table.contrasts,
+            "metrics": table.metrics,
+            "volume_counts": table.volume_counts,
+            "memory": table.memory,
+            "rows": [
+                {
+                    "method": row.name,
+                    "status": "failed" if row.error is not None else "ok",
+                    "error": row.error,
+                    "scores": row.scores,
+                    "seconds_per_slice": row.seconds_per_slice,
+                    "peak_memory_mib": row.peak_memory_mib,
+                    "warnings": row.warnings,
+                    "volumes": row.volumes,
+                }
+                for row in table.rows
+            ],
+        }
+    return _json_value({"settings": dict(settings), "families": families})
+
+
+def write_reports(
+    tables: Sequence[FamilyTable], output: Path, settings: Mapping[str, object], notes: Sequence[str] = ()
+) -> dict[str, Path]:
+    """Write ``benchmark.md``, ``benchmark.csv`` and ``benchmark.json`` into ``output`` (created if needed).
+
+    Returns
+    -------
+    dict
+        ``{"markdown": path, "csv": path, "json": path}``.
+    """
+    output.mkdir(parents=True, exist_ok=True)
+    paths = {"markdown": output / "benchmark.md", "csv": output / "benchmark.csv", "json": output / "benchmark.json"}
+    paths["markdown"].write_text(markdown_report(tables, notes), encoding="utf-8")
+    paths["csv"].write_text(csv_text(tables), encoding="utf-8")
+    document = json_document(tables, settings)
+    paths["json"].write_text(json.dumps(document, indent=2, allow_nan=False) + "\n", encoding="utf-8")
+    return paths
