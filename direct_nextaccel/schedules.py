@@ -6,8 +6,6 @@ import math
 
 import torch
 
-SCHEDULES = ("cosine", "linear", "direct")
-
 
 def warmup_schedule(
     optimizer: torch.optim.Optimizer, kind: str, warmup_iterations: int, total_iterations: int, min_lr: float
@@ -30,10 +28,12 @@ def warmup_schedule(
     torch.optim.lr_scheduler.LambdaLR
     """
     if kind not in ("cosine", "linear"):
-        raise ValueError(f"lr_schedule {kind!r} is not one of {SCHEDULES}")
+        raise ValueError(f"lr_schedule {kind!r} is not 'cosine' or 'linear'")
     if total_iterations <= 0:
         raise ValueError(f"num_iterations {total_iterations} must be positive")
-    base_lr = optimizer.param_groups[0]["lr"]
+    # DIRECT's own scheduler has already scaled "lr" by its warm-up factor; "initial_lr" is the configured value.
+    group = optimizer.param_groups[0]
+    base_lr = group.get("initial_lr", group["lr"])
     floor = min(min_lr / base_lr, 1.0) if base_lr > 0 else 0.0
 
     def factor(iteration: int) -> float:

@@ -161,9 +161,18 @@ def test_builtin_engine_builds_plugin_losses_in_yaml_order():
 
     import torch
 
+    from direct_nextaccel.losses.image import haarpsi_loss, ssim_magnitude_loss
+
     target = torch.rand(2, 32, 32) + 0.1
+    source = target.flip(-1)
     assert built["haarpsi_loss"](target, target, "mean", None).abs().item() < 1e-4
-    assert built["ssim_magnitude_loss"](target.flip(-1), target, "mean", None).item() > 0
+    assert built["haarpsi_loss"](source, target, "mean", None).item() == pytest.approx(
+        0.5 * haarpsi_loss(source, target).item()
+    )
+    assert built["ssim_magnitude_loss"](source, target, "mean", None).item() == pytest.approx(
+        2.0 * ssim_magnitude_loss(source, target).item()
+    )
+    assert ssim_magnitude_loss(source, target).item() > 0
 
 
 def test_wheel_install_registers_the_plugin(tmp_path):

@@ -214,8 +214,10 @@ def lpips_loss(
         raise ValueError(f"{LPIPS_BACKBONE_ENV}={backbone!r} is not an LPIPS backbone {tuple(LPIPS_BACKBONES)}")
     source, target = _prepare(source, target, reduction, reconstruction_size)
     network = lpips_network(backbone, source.device)
-    scale = _target_max(target)
-    source = (2.0 * source / scale - 1.0).float().expand(-1, 3, -1, -1)  # N, 3, h, w
-    target = (2.0 * target / scale - 1.0).float().expand(-1, 3, -1, -1)
-    per_image = network(source, target).flatten()  # N
+    with torch.autocast(source.device.type, enabled=False):
+        source, target = _full_precision(source, target)
+        scale = _target_max(target)
+        source = (2.0 * source / scale - 1.0).expand(-1, 3, -1, -1)  # N, 3, h, w
+        target = (2.0 * target / scale - 1.0).expand(-1, 3, -1, -1)
+        per_image = network(source, target).flatten()  # N
     return _reduce(per_image, reduction)

@@ -165,6 +165,7 @@ class SharedCodebookQuantizer(nn.Module):
         self.register_buffer("ema_cluster_size", torch.ones(codebook_size))  # V
         self.register_buffer("ema_embed_sum", codebook.clone())  # V, D
         self.register_buffer("initialized", torch.tensor(not kmeans_init))
+        self._ranks_synced = False
         # Plain attributes, not buffers: DistributedDataParallel would overwrite them with rank 0's partial sums.
         self._pending_counts: torch.Tensor | None = None  # V
         self._pending_sums: torch.Tensor | None = None  # V, D
@@ -216,6 +217,8 @@ class SharedCodebookQuantizer(nn.Module):
         self._check_latent(z)
         b, d, h, w = z.shape
         flat = z.permute(0, 2, 3, 1).reshape(-1, d).float()  # N, D
+        if self.training and not self._ranks_synced:
+            self._sync_from_rank0()
         if self.kmeans_init and self.training and not bool(self.initialized):
             self._init_from_kmeans(flat.detach())
         indices = self._nearest(flat.detach(), self.codebook)  # N
@@ -225,6 +228,18 @@ class SharedCodebookQuantizer(nn.Module):
         commit_loss = self.beta * F.mse_loss(flat, q)
         z_q = rotation_trick(flat, q).to(z.dtype).view(b, h, w, d).permute(0, 3, 1, 2)
         return z_q, indices.view(b, h, w), commit_loss
+
+    @torch.no_grad()
+    def _sync_from_rank0(self) -> None:
+        """Give every rank rank 0's codebook and EMA state before the first training step.
+
+        DIRECT wraps models with ``broadcast_buffers=False``, so DistributedDataParallel never copies these buffers;
+        without this, ranks would apply the same all-reduced EMA statistics to different random codebooks.
+        """
+        self._ranks_synced = True
+        if _distributed() and dist.get_world_size() > 1:
+            for buffer in (self.codebook, self.ema_cluster_size, self.ema_embed_sum):
+                dist.broadcast(buffer, src=0)
 
     def lookup(self, indices: torch.Tensor) -> torch.Tensor:
         """Codes of token indices (B, h, w) as latents (B, D, h, w)."""

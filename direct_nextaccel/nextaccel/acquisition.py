@@ -11,7 +11,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import torch
 
-from direct_nextaccel.masks.nested import FAMILIES, LEVELS, family_index, level_map
+from direct_nextaccel.masks.nested import LEVELS, family_index, level_map
 
 NUM_LEVELS = len(LEVELS) + 1  # the five accelerations and the fully sampled data
 
@@ -29,7 +29,7 @@ def choose_families(filenames: Sequence[str], families: Sequence[str], generator
     filenames : sequence of str
         File names of the batch, length B.
     families : sequence of str
-        Families to draw from, each in :data:`FAMILIES`.
+        Families to draw from, each in :data:`direct_nextaccel.masks.nested.FAMILIES`.
     generator : torch.Generator or None
         Source of randomness for training; None gives a deterministic choice per file.
 
@@ -50,18 +50,34 @@ def choose_families(filenames: Sequence[str], families: Sequence[str], generator
 
 
 def level_masks(
-    filenames: Sequence[str], families: Sequence[str], shape: tuple[int, int], center_fraction: float | None
+    filenames: Sequence[str],
+    families: Sequence[str],
+    shape: tuple[int, int],
+    center_fraction: float | None,
+    seeds: Sequence | None = None,
 ) -> torch.Tensor:
     """Nested masks of all six levels for each sample, seeded from its file name like DIRECT's own masks.
+
+    Parameters
+    ----------
+    filenames, families : sequence of str
+        Per sample, length B.
+    shape : tuple of int
+        (H, W) of the k-space.
+    center_fraction : float or None
+        Calibration centre, as the mask functions take it.
+    seeds : sequence, optional
+        One mask seed per sample instead of the file seeds (fresh masks during training).
 
     Returns
     -------
     torch.Tensor
         Boolean, shape (B, 6, H, W); index 0 is R = 32, index 5 the fully sampled data.
     """
+    seeds = [file_seed(name) for name in filenames] if seeds is None else seeds
     maps = [
-        level_map(family, shape, seed=file_seed(name), center_fraction=center_fraction)
-        for name, family in zip(filenames, families, strict=True)
+        level_map(family, shape, seed=seed, center_fraction=center_fraction)
+        for seed, family in zip(seeds, families, strict=True)
     ]
     levels = np.arange(NUM_LEVELS)[None, :, None, None]
     return torch.from_numpy(np.stack(maps)[:, None] <= levels)
@@ -146,7 +162,6 @@ def family_labels(families: Sequence[str], device: torch.device) -> torch.Tensor
 
 
 __all__ = [
-    "FAMILIES",
     "NUM_LEVELS",
     "center_crop_or_pad",
     "choose_families",

@@ -50,9 +50,10 @@ def check_finite(tensors: dict[str, torch.Tensor], data: dict[str, Any]) -> None
 class AQVAEEngine(MRIModelEngine):
     """DIRECT engine of :class:`direct_nextaccel.nextaccel.aqvae.AQVAE`.
 
-    Loss names it adds to ``training.loss.losses`` (their multipliers are the paper's weights in the configs):
-    ``commitment_loss`` (0.25 in the paper) and ``adversarial_loss`` (0.1). Image losses (``ssim_magnitude_loss``,
-    ``lpips_loss``, or any DIRECT loss) compare the magnitude of the reconstruction with DIRECT's target.
+    Loss names it adds to ``training.loss.losses``: ``commitment_loss`` (already weighted by the quantizer's
+    ``beta`` = 0.25, the paper's single commitment weight, so its YAML multiplier is 1.0) and ``adversarial_loss``
+    (0.1). Image losses (``ssim_magnitude_loss``, ``lpips_loss``, or any DIRECT loss) compare the magnitude of the
+    reconstruction with DIRECT's target.
     """
 
     ENGINE_LOSSES: ClassVar[dict[str, str]] = {
@@ -76,6 +77,12 @@ class AQVAEEngine(MRIModelEngine):
         for family in self.families:
             family_index(family)
         self.center_fraction = cfg.model.mask_center_fraction
+        if len(cfg.model.token_grids) != acquisition.NUM_LEVELS:
+            raise ValueError(
+                f"model.token_grids {list(cfg.model.token_grids)} must give one grid per level (32, 16, 8, 4, 2, FS)"
+            )
+        if cfg.model.var_init not in ("var", "none"):
+            raise ValueError(f"model.var_init {cfg.model.var_init!r} is not 'var' or 'none'")
         self.output_levels = tuple(cfg.model.output_levels)
         if not self.output_levels or any(not 0 <= level < acquisition.NUM_LEVELS for level in self.output_levels):
             raise ValueError(
@@ -84,6 +91,7 @@ class AQVAEEngine(MRIModelEngine):
         self.discriminator = None
         self.discriminator_optimizer = None
         self._family_generator = torch.Generator().manual_seed(torch.initial_seed() % 2**63)
+        self._warned_size = False
 
     @property
     def tokenizer(self):
@@ -95,10 +103,8 @@ class AQVAEEngine(MRIModelEngine):
 
     def train(self, optimizer, lr_scheduler, training_datasets, experiment_directory, *args, **kwargs):
         """Add VAR initialisation, the discriminator with its own optimizer, and the paper's schedule."""
+        self._initialise_from_var()
         config = self.cfg.model
-        if config.var_checkpoint:
-            self.tokenizer.load_var_weights(config.var_checkpoint)
-            logger.info("Initialised the AQ-VAE from VAR weights %s.", config.var_checkpoint)
         if "adversarial_loss" in self._loss_names():
             self._build_discriminator()
         if config.lr_schedule != "direct":
@@ -110,6 +116,20 @@ class AQVAEEngine(MRIModelEngine):
                 config.min_lr,
             )
         return super().train(optimizer, lr_scheduler, training_datasets, experiment_directory, *args, **kwargs)
+
+    def _initialise_from_var(self) -> None:
+        """Paper: encoder, decoder and Phi start from VAR's VQ-VAE; training from scratch must be asked for."""
+        from direct_nextaccel.weights import find_weight, missing_weight_message
+
+        config = self.cfg.model
+        if config.var_init == "none":
+            logger.warning("model.var_init is 'none': the AQ-VAE trains from scratch, not from VAR's VQ-VAE.")
+            return
+        path = config.var_checkpoint or find_weight("var_vqvae")
+        if path is None:
+            raise FileNotFoundError(f"{missing_weight_message('var_vqvae')}; or set model.var_init: none")
+        self.tokenizer.load_var_weights(path)
+        logger.info("Initialised the AQ-VAE from VAR weights %s.", path)
 
     def _build_discriminator(self) -> None:
         from direct_nextaccel.modules.discriminator import ProjectedDiscriminator, build_discriminator_optimizer
@@ -141,10 +161,23 @@ class AQVAEEngine(MRIModelEngine):
         families = acquisition.choose_families(
             data["filename"], self.families, self._family_generator if self.model.training else None
         )
-        masks = acquisition.level_masks(data["filename"], families, (height, width), self.center_fraction)
+        # Training draws a fresh nested family per slice (like the baselines' use_seed: false); evaluation uses
+        # DIRECT's per-file seed so runs are comparable.
+        seeds = None
+        if self.model.training:
+            seeds = [tuple(torch.randint(2**31, (2,), generator=self._family_generator).tolist()) for _ in families]
+        masks = acquisition.level_masks(data["filename"], families, (height, width), self.center_fraction, seeds)
         images = acquisition.hierarchy_images(
             kspace, data["sensitivity_map"], masks.to(kspace.device), self.backward_operator
         )
+        if (height, width) != self.tokenizer.image_size and not self._warned_size:
+            self._warned_size = True
+            logger.warning(
+                "DIRECT's matrix %s differs from model.image_size %s: images are centre-cropped/zero-padded to it and "
+                "the output is mapped back, so a cropped border comes back as zeros.",
+                (height, width),
+                self.tokenizer.image_size,
+            )
         images = acquisition.center_crop_or_pad(images, self.tokenizer.image_size)  # B, 6, 2, h, w
         labels = acquisition.family_labels(families, kspace.device)
         result = self.model(images, labels)
@@ -172,7 +205,7 @@ class AQVAEEngine(MRIModelEngine):
         """Magnitudes (B, 1, h, w) scaled by the fully sampled image's maximum, as the discriminator expects."""
         real = torch.linalg.vector_norm(fully_sampled, dim=1, keepdim=True)
         fake = torch.linalg.vector_norm(reconstruction, dim=1, keepdim=True)
-        scale = real.flatten(1).amax(dim=1).clamp_min(1e-12)[:, None, None, None]
+        scale = real.detach().flatten(1).amax(dim=1).clamp_min(1e-12)[:, None, None, None]
         return real / scale, fake / scale
 
     def _do_iteration(self, data, loss_fns=None, regularizer_fns=None) -> DoIterationOutput:

@@ -142,7 +142,7 @@ def test_engine_loss_names_take_yaml_multipliers():
     losses = engine.build_loss()
     assert list(losses) == ["ssim_magnitude_loss", "l1_loss", "commitment_loss"]
     assert losses["commitment_loss"].source_key == "commitment_loss"
-    assert losses["commitment_loss"](torch.tensor(2.0), None, "mean", None).item() == pytest.approx(0.5)
+    assert losses["commitment_loss"](torch.tensor(2.0), None, "mean", None).item() == pytest.approx(2.0)
 
 
 def test_training_iteration_updates_model_and_reports_losses():

@@ -129,8 +129,6 @@ def test_beam_search_returns_valid_tokens_with_and_without_cache(model, k):
     torch.testing.assert_close(probs[0].sum(-1), torch.ones(2, GRIDS[1], GRIDS[1]))
     full = model.generate(tokens[0], image, family, mode="beam", beam_k=k, use_cache=False)
     assert all(torch.equal(a, b) for a, b in zip(beam, full, strict=True))
-    if k == 1:
-        return
     # The last level is argmax given the chosen path (see decoding.beam_search).
     assert torch.equal(beam[-1], probs[-1].argmax(-1))
 
