@@ -178,11 +178,6 @@ class MIAR(nn.Module):
             0.02 * torch.cat([sincos_2d(s, s, embed_dim, grid) for s in self.scales])[None]
         )  # 1, L, C
         self.scale_embed = nn.Embedding(self.num_scales, embed_dim)
-        self.register_buffer(
-            "scale_of_token",
-            torch.repeat_interleave(torch.arange(self.num_scales), torch.tensor(self.lengths)),
-            persistent=False,
-        )
         drop_path = [drop_path_rate * i / max(depth - 1, 1) for i in range(depth)]
         self.blocks = nn.ModuleList(
             RMSNormBlock(

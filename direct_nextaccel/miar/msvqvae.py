@@ -79,7 +79,8 @@ class MSVQVAE(nn.Module):
         Phi convolutions shared among the scales by position, VAR's rule (VAR: 4); scale ``k`` of ``S`` uses the one
         whose tick is nearest to ``k / (S - 1)``.
     beta, ema_decay, dead_code_threshold, kmeans_init
-        Codebook training, see :class:`SharedCodebookQuantizer`.
+        Codebook training, see :class:`SharedCodebookQuantizer`; the k-means start runs on the full-resolution latent
+        vectors of the first training batch.
     scale_dropout : float
         Probability in [0, 1) that a training sample is decoded from a random prefix of its scales.
     image_size : Sequence[int]
@@ -186,6 +187,11 @@ class MSVQVAE(nn.Module):
         commit_loss : Tensor
             Scalar, mean over scales of ``beta * MSE(residual_k, code_k)``.
         """
+        quantizer = self.quantizer
+        if self.training and quantizer.kmeans_init and not bool(quantizer.initialized):
+            # The k-means start uses the first grid it is given; give it the B*h*w full-resolution latent vectors,
+            # not the B vectors of the 1 x 1 scale that comes first in the loop.
+            quantizer.quantize(f.detach())
         rest, indices, contributions, commit = f, [], [], []
         for k, side in enumerate(self.scales):
             z_q, idx, loss = self.quantizer.quantize(resize_latent(rest, (side, side)), accumulate=self.training)

@@ -1,0 +1,197 @@
+"""MIAR inside DIRECT: the teacher-forced engine in process, and plain `direct train` / `direct predict` of the tiny
+MSVQ-VAE and MIAR configs on single-coil (magnitude-style) data, one after the other as the README's pipeline."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+import torch
+from direct.utils.events import EventStorage
+from omegaconf import OmegaConf
+
+from direct_nextaccel.data.fastmri_h5 import fastmri_filename, write_fastmri_h5
+from direct_nextaccel.data.simulate import simulate_volume
+from direct_nextaccel.miar.config import MIARConfig, MSVQVAEConfig
+from direct_nextaccel.miar.miar import MIAR
+from direct_nextaccel.miar.miar_engine import MIAREngine, load_tokenizer_state
+from direct_nextaccel.miar.msvqvae import MSVQVAE
+from direct_nextaccel.nextaccel.aqvae_engine import NonFiniteError
+
+REPO = Path(__file__).resolve().parents[2]
+BIN = Path(sys.executable).parent
+
+
+def tokenizer_state() -> dict[str, torch.Tensor]:
+    yaml = OmegaConf.load(REPO / "configs" / "tiny_msvqvae.yaml").model
+    config = OmegaConf.merge(OmegaConf.structured(MSVQVAEConfig), yaml)
+    keys = {k: config[k] for k in MSVQVAE.__init__.__code__.co_varnames[1:] if k in config}
+    torch.manual_seed(0)
+    return MSVQVAE(**{k: tuple(v) if OmegaConf.is_list(v) else v for k, v in keys.items()}).state_dict()
+
+
+@pytest.fixture
+def engine(make_engine):
+    torch.manual_seed(1)
+    built = make_engine("tiny_miar.yaml", MIARConfig, MIAR, MIAREngine)
+    built.miar.load_tokenizer(tokenizer_state())
+    return built
+
+
+def test_training_iteration_is_teacher_forced_cross_entropy(engine, make_batch):
+    engine.model.train()
+    with EventStorage(0) as storage:
+        output = engine._do_iteration(make_batch(), engine.build_loss())
+        assert 0.0 <= storage.latest()["token_accuracy"] <= 1.0
+    assert output.output_image is None  # training decodes nothing
+    assert set(output.data_dict) == {"token_cross_entropy"}
+    assert output.data_dict["token_cross_entropy"] > 0
+    assert engine.miar.head.weight.grad.abs().sum() > 0
+    assert engine.miar.context_encoder.conv_in.weight.grad.abs().sum() > 0
+    assert all(p.grad is None for p in engine.miar.tokenizer.parameters())
+
+
+def test_prediction_needs_only_the_low_resolution_data(engine, make_batch):
+    batch = make_batch()
+    del batch["kspace"]
+    engine.model.eval()
+    with torch.no_grad():
+        output = engine._do_iteration(batch, engine.build_loss())
+    assert output.output_image.shape == (2, 64, 64) and torch.isfinite(output.output_image).all()
+    assert output.data_dict == {} or all(v == 0 for v in output.data_dict.values())
+
+
+def test_validation_with_the_hr_kspace_also_scores_the_tokens(engine, make_batch):
+    engine.model.eval()
+    with torch.no_grad():
+        output = engine._do_iteration(make_batch(), engine.build_loss())
+    assert output.data_dict["token_cross_entropy"] > 0
+
+
+def test_blurred_input_changes_the_prediction(engine, make_batch):
+    engine.model.eval()
+    with torch.no_grad():
+        sharp = engine._do_iteration(make_batch()).output_image
+        engine.cfg.model.lr_blur_sigma = 0.8
+        blurred = engine._do_iteration(make_batch()).output_image
+    assert not torch.equal(sharp, blurred)
+
+
+def test_nonfinite_batch_stops_before_the_update(engine, make_batch):
+    engine.model.train()
+    with pytest.raises(NonFiniteError, match=r"non-finite masked_kspace"):
+        engine._do_iteration(make_batch(nan=True), engine.build_loss())
+    assert all(p.grad is None for p in engine.model.parameters())
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"beam_k": 4}, r"^beam_k 4 is not one of \(1, 2, 3\)$"),
+        ({"decoding": "greedy"}, r"^decoding 'greedy' is not one of"),
+        ({"lr_blur_sigma": -1.0}, r"^lr_blur_sigma -1.0 must be >= 0"),
+    ],
+)
+def test_bad_engine_settings_name_the_value(make_engine, overrides, message):
+    with pytest.raises(ValueError, match=message):
+        make_engine("tiny_miar.yaml", MIARConfig, MIAR, MIAREngine, **overrides)
+
+
+def test_image_losses_are_refused(engine):
+    engine.cfg.training.loss.losses.append({"function": "l1_loss", "multiplier": 1.0})
+    with pytest.raises(ValueError, match=r"loss 'l1_loss' is not available to MIAR"):
+        MIAREngine(engine.cfg, engine.model, "cpu", engine.forward_operator, engine.backward_operator)
+
+
+def test_tokenizer_checkpoint_loading(engine, tmp_path):
+    engine.cfg.model.tokenizer_checkpoint = None
+    with pytest.raises(ValueError, match="tokenizer_checkpoint is not set"):
+        engine.load_tokenizer()
+    with pytest.raises(ValueError, match=r"tokenizer_checkpoint '.*missing.pt' is not a file"):
+        load_tokenizer_state(tmp_path / "missing.pt")
+    state = tokenizer_state()
+    path = tmp_path / "model_5.pt"
+    torch.save({"model": {f"module.{k}": v for k, v in state.items()}, "__version__": "2.2.0"}, path)  # DDP keys
+    engine.cfg.model.tokenizer_checkpoint = str(path)
+    engine.load_tokenizer()
+    assert torch.equal(engine.miar.tokenizer.quantizer.codebook, state["quantizer.codebook"])
+    torch.save({"optimizer": {}}, path)
+    with pytest.raises(ValueError, match="has no 'model' state dict"):
+        load_tokenizer_state(path)
+
+
+# The pipeline through DIRECT's command line -----------------------------------------------------------------------
+
+
+def phantom(slices: int = 2, size: int = 64) -> np.ndarray:
+    yy, xx = np.mgrid[-1 : 1 : size * 1j, -1 : 1 : size * 1j]
+    inner = [((xx - 0.2 * i) / 0.2) ** 2 + (yy / 0.3) ** 2 < 1 for i in range(slices)]
+    return np.stack([((xx / 0.7) ** 2 + (yy / 0.8) ** 2 < 1) + 0.5 * m for m in inner]).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory) -> Path:
+    """Two single-coil volumes, as `direct-nextaccel simulate --coils 1` writes magnitude slices."""
+    root = tmp_path_factory.mktemp("sr_data")
+    for acquisition, subject in (("AXT1", "900_0001"), ("AXT2", "900_0002")):
+        kspace, _ = simulate_volume(phantom(), coils=1, matrix=(64, 64), seed=int(subject[-1]))
+        write_fastmri_h5(root / fastmri_filename(acquisition, subject), kspace, acquisition)
+    return root
+
+
+def short_config(tmp_path: Path, name: str, **model) -> Path:
+    config = OmegaConf.load(REPO / "configs" / f"{name}.yaml")
+    config.training.num_iterations = 6  # DIRECT logs, validates and checkpoints from iteration 5
+    config.training.checkpointer.checkpoint_steps = 6
+    config.training.validation_steps = 6
+    config.training.lr_warmup_iter = 2
+    config.logging.log_interval = 1
+    config.model = OmegaConf.merge(config.model, model)
+    path = tmp_path / f"{name}.yaml"
+    OmegaConf.save(config, path)
+    return path
+
+
+def run(command: list[str], cwd: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    result = subprocess.run(
+        [str(BIN / command[0]), *command[1:]], cwd=cwd, env=env, capture_output=True, text=True, timeout=600
+    )
+    assert result.returncode == 0, f"{command[:2]} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+
+
+CPU = ["--device", "cpu", "--num-gpus", "0", "--num-workers", "0"]
+
+
+def logged_names(run_dir: Path) -> set[str]:
+    """Every scalar name in a run's metrics.json (one JSON object per line)."""
+    return set().union(*(json.loads(line) for line in (run_dir / "metrics.json").read_text().splitlines()))
+
+
+@pytest.mark.slow
+def test_direct_train_and_predict_tokenizer_then_miar(data_root, tmp_path):
+    roots = ["--training-root", str(data_root), "--validation-root", str(data_root)]
+    tokenizer_config = short_config(tmp_path, "tiny_msvqvae")
+    run(["direct", "train", "runs", "--cfg", str(tokenizer_config), "--name", "msvqvae", *roots, *CPU], tmp_path)
+    tokenizer_checkpoint = tmp_path / "runs" / "msvqvae" / "model_5.pt"
+    logged = logged_names(tmp_path / "runs" / "msvqvae")
+    assert {"commitment_loss", "codebook_usage_s8", "decoded_scales_mean"} <= logged
+    predict = ["direct", "predict", "out_msvqvae", "--cfg", str(tokenizer_config), "--data-root", str(data_root)]
+    run([*predict, "--checkpoint", str(tokenizer_checkpoint), *CPU], tmp_path)
+
+    miar_config = short_config(tmp_path, "tiny_miar", tokenizer_checkpoint=str(tokenizer_checkpoint))
+    run(["direct", "train", "runs", "--cfg", str(miar_config), "--name", "miar", *roots, *CPU], tmp_path)
+    logged = logged_names(tmp_path / "runs" / "miar")
+    assert {"token_cross_entropy", "token_accuracy"} <= logged
+    assert any("fastmri_psnr" in key for key in logged), sorted(logged)
+    predict = ["direct", "predict", "out_miar", "--cfg", str(miar_config), "--data-root", str(data_root)]
+    run([*predict, "--checkpoint", "runs/miar/model_5.pt", *CPU], tmp_path)
+    for out in ("out_msvqvae", "out_miar"):
+        for source in data_root.glob("*.h5"):
+            with h5py.File(tmp_path / out / source.name, "r") as written:
+                reconstruction = written["reconstruction"][()]
+            assert reconstruction.shape == (2, 64, 64) and np.isfinite(reconstruction).all()
