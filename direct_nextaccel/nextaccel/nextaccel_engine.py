@@ -1,5 +1,6 @@
 """Engines of the ``direct.nn.nextaccel`` models, where DIRECT looks for them (``<alias>.<alias>_engine``)."""
 
 from direct_nextaccel.nextaccel.aqvae_engine import AQVAEEngine
+from direct_nextaccel.nextaccel.transformer_engine import NextAccelEngine
 
-__all__ = ["AQVAEEngine"]
+__all__ = ["AQVAEEngine", "NextAccelEngine"]

@@ -1,0 +1,242 @@
+"""Frozen networks of earlier NextAccel stages, loaded from their DIRECT checkpoints with clear compatibility errors.
+
+The transformer engines depend on networks trained before them: the AQ-VAE tokenizer (and the sensitivity model it
+was trained with), and for distillation the privileged teacher. DIRECT saves each stage as ``model_N.pt`` holding
+``{"model": state_dict, <additional model name>: state_dict, ...}`` and writes the run's ``config.yaml`` next to
+it. Here a stage is loaded into a network built from the current configuration: every key and shape must match the
+checkpoint, and where the ``config.yaml`` is present its architecture values are compared too (they catch what a
+state dict cannot show, e.g. the tokenizer's Phi strength or a teacher trained on another mask family). The loaded
+network is put in eval mode with ``requires_grad`` off.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import OmegaConf
+from torch import nn
+
+from direct_nextaccel.nextaccel.aqvae import AQVAE
+
+logger = logging.getLogger(__name__)
+
+TOKENIZER_KEYS = (
+    "in_channels",
+    "base_channels",
+    "channel_multipliers",
+    "num_res_blocks",
+    "latent_dim",
+    "codebook_size",
+    "token_grids",
+    "num_families",
+    "image_size",
+)
+"""AQ-VAE constructor arguments that the transformer's configuration shares (its context encoder copies the
+tokenizer's encoder); the remaining one, ``quant_resi``, is the engine key ``tokenizer_quant_resi``."""
+
+
+def load_checkpoint(path: str | os.PathLike | None, config_key: str) -> dict[str, Any]:
+    """Read a DIRECT checkpoint ``model_N.pt`` (CPU tensors) named by the configuration key ``config_key``.
+
+    Raises
+    ------
+    ValueError
+        If the path is unset or the file has no ``"model"`` entry.
+    FileNotFoundError
+        If the file does not exist.
+    """
+    if not path:
+        raise ValueError(f"model.{config_key} is not set: give the path of a DIRECT checkpoint model_N.pt")
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"model.{config_key} {str(path)!r} does not exist")
+    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    if not isinstance(checkpoint, Mapping) or "model" not in checkpoint:
+        raise ValueError(f"model.{config_key} {str(path)!r} is not a DIRECT checkpoint: it has no 'model' entry")
+    return dict(checkpoint)
+
+
+def check_run_config(path: str | os.PathLike, expected: Mapping[str, Any], what: str) -> None:
+    """Compare ``model.<key>`` of the ``config.yaml`` next to a checkpoint with ``expected``; skip if absent.
+
+    Raises
+    ------
+    ValueError
+        Naming the first key whose value differs.
+    """
+    run_config = Path(path).parent / "config.yaml"
+    if not run_config.is_file():
+        logger.info("No config.yaml next to %s: only its state dict is checked against the configuration.", path)
+        return
+    saved = OmegaConf.load(run_config).get("model", {})
+    for key, value in expected.items():
+        if key not in saved:
+            continue
+        saved_value, value = _plain(_container(saved[key])), _plain(_container(value))
+        if saved_value != value:
+            raise ValueError(
+                f"{what} was trained with {key}={saved_value!r} ({run_config}), the configuration has {value!r}"
+            )
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, list | tuple):
+        return [_plain(item) for item in value]
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+def load_frozen(module: nn.Module, state_dict: Mapping[str, torch.Tensor], what: str) -> nn.Module:
+    """Load ``state_dict`` into ``module`` exactly (every key, every shape), then freeze it in eval mode.
+
+    Raises
+    ------
+    ValueError
+        Naming the first missing, unexpected or differently shaped key; nothing is loaded then.
+    """
+    own = module.state_dict()
+    for key, tensor in own.items():
+        if key not in state_dict:
+            raise ValueError(f"{what} has no '{key}' that the configured network needs: the architectures differ")
+        if tuple(state_dict[key].shape) != tuple(tensor.shape):
+            raise ValueError(
+                f"{what} has '{key}' of shape {tuple(state_dict[key].shape)}, the configured network needs "
+                f"{tuple(tensor.shape)}"
+            )
+    for key in state_dict:
+        if key not in own:
+            raise ValueError(f"{what} has '{key}', which the configured network does not: the architectures differ")
+    module.load_state_dict(dict(state_dict))
+    module.eval().requires_grad_(False)
+    return module
+
+
+def tokenizer_arguments(model_config: Mapping[str, Any]) -> dict[str, Any]:
+    """AQ-VAE constructor arguments from a NextAccel ``model`` configuration."""
+    arguments = {key: _plain(_container(model_config[key])) for key in TOKENIZER_KEYS}
+    arguments = {key: tuple(value) if isinstance(value, list) else value for key, value in arguments.items()}
+    arguments["quant_resi"] = model_config["tokenizer_quant_resi"]
+    return arguments
+
+
+def _tokenizer_network(arguments: dict[str, Any], model_config: Mapping[str, Any]) -> AQVAE:
+    # The AQ-VAE's feature strides select returned features, not weights; the transformer's are valid strides of the
+    # same encoder.
+    return AQVAE(**arguments, context_strides=tuple(model_config["context_strides"]))
+
+
+def load_tokenizer(
+    checkpoint: Mapping[str, Any], path: str | os.PathLike, model_config: Mapping[str, Any], device: torch.device | str
+) -> AQVAE:
+    """The frozen AQ-VAE of a tokenizer checkpoint, built from the NextAccel configuration and checked against it.
+
+    Parameters
+    ----------
+    checkpoint : Mapping
+        The checkpoint read by :func:`load_checkpoint`.
+    path : path
+        Its file, for messages and for the ``config.yaml`` next to it.
+    model_config : Mapping
+        The NextAccel ``model`` configuration (``TOKENIZER_KEYS``, ``tokenizer_quant_resi``, ``mask_family``).
+    device : torch.device or str
+        Where the tokenizer runs.
+    """
+    what = f"model.tokenizer_checkpoint {str(path)!r}"
+    arguments = tokenizer_arguments(model_config)
+    check_run_config(path, {"model_name": "nextaccel.aqvae.AQVAE", **arguments}, what)
+    families = saved_model_value(path, "mask_families")
+    if families is not None and model_config["mask_family"] not in families:
+        raise ValueError(f"{what} was trained on mask families {families}, not on {model_config['mask_family']!r}")
+    tokenizer = _tokenizer_network(arguments, model_config)
+    load_frozen(tokenizer, checkpoint["model"], what)
+    return tokenizer.to(device)
+
+
+def load_frozen_additional_model(
+    module: nn.Module, checkpoint: Mapping[str, Any], name: str, path: str | os.PathLike, config_key: str
+) -> nn.Module:
+    """Load and freeze the additional model ``name`` saved in a checkpoint, e.g. the tokenizer's sensitivity model.
+
+    Raises
+    ------
+    ValueError
+        If the checkpoint has no entry ``name`` or its weights do not fit ``module``.
+    """
+    what = f"model.{config_key} {str(path)!r}"
+    if name not in checkpoint:
+        raise ValueError(f"{what} has no '{name}' entry, but additional_models.{name} is configured")
+    return load_frozen(module, checkpoint[name], f"'{name}' of {what}")
+
+
+TEACHER_ARCHITECTURE_KEYS = ("token_grids", "codebook_size", "latent_dim", "num_families", "in_channels", "image_size")
+"""Architecture values a distillation teacher must share with its student: the tokenizer's vocabulary and level
+schedule and the image the context encoder sees."""
+
+TEACHER_TRAINING_KEYS = ("mask_family", "mask_center_fraction", "tokenizer_quant_resi")
+"""Values of the teacher's own training run (its ``config.yaml``) that must equal the student's: the acquisition the
+teacher learnt and the tokenizer it learnt it on."""
+
+
+def load_teacher(
+    teacher: nn.Module,
+    teacher_config: Mapping[str, Any],
+    student_config: Mapping[str, Any],
+    codebook: torch.Tensor,
+    path: str | os.PathLike | None,
+) -> nn.Module:
+    """Load the privileged teacher of on-policy distillation from its checkpoint and freeze it.
+
+    Parameters
+    ----------
+    teacher : nn.Module
+        The ``additional_models.teacher`` network DIRECT built (random weights).
+    teacher_config, student_config : Mapping
+        ``additional_models.teacher`` and ``model`` configurations.
+    codebook : Tensor
+        The tokenizer's codebook (V, D): the teacher must have been trained on the same tokens.
+    path : path or None
+        ``model.teacher_checkpoint``.
+
+    Raises
+    ------
+    ValueError
+        If the teacher has no privileged context, or its configuration, checkpoint or codebook differ from the
+        student's tokenizer, vocabulary, level schedule or mask family.
+    """
+    if not teacher_config.get("privileged_context", False):
+        raise ValueError(
+            "additional_models.teacher has privileged_context false: distillation needs the privileged teacher, "
+            "which also sees the fully sampled image (train it with engine_name: TeacherEngine)"
+        )
+    for key in TEACHER_ARCHITECTURE_KEYS:
+        ours, theirs = _plain(_container(student_config[key])), _plain(_container(teacher_config[key]))
+        if ours != theirs:
+            raise ValueError(f"additional_models.teacher has {key}={theirs!r}, the student model has {ours!r}")
+    checkpoint = load_checkpoint(path, "teacher_checkpoint")
+    what = f"model.teacher_checkpoint {str(path)!r}"
+    expected = {key: student_config[key] for key in (*TEACHER_ARCHITECTURE_KEYS, *TEACHER_TRAINING_KEYS)}
+    check_run_config(
+        path, {"model_name": "nextaccel.nextaccel.NextAccel", "privileged_context": True, **expected}, what
+    )
+    load_frozen(teacher, checkpoint["model"], what)
+    if not torch.equal(teacher.codebook.cpu(), codebook.detach().cpu()):
+        raise ValueError(f"{what} has another codebook than model.tokenizer_checkpoint: trained with another tokenizer")
+    return teacher
+
+
+def saved_model_value(path: str | os.PathLike, key: str) -> Any:
+    """``model.<key>`` of the ``config.yaml`` next to a checkpoint, or None when there is none."""
+    run_config = Path(path).parent / "config.yaml"
+    if not run_config.is_file():
+        return None
+    return _plain(_container(OmegaConf.load(run_config).get("model", {}).get(key)))
+
+
+def _container(value: Any) -> Any:
+    return OmegaConf.to_object(value) if OmegaConf.is_config(value) else value
