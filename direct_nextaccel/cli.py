@@ -14,6 +14,10 @@ import sys
 
 # name -> (module, one-line help).
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
+    "demo": (
+        "direct_nextaccel.demo",
+        "train every stage at tiny size on CPU (Shepp-Logan phantoms or --data), then benchmark them",
+    ),
     "doctor": ("direct_nextaccel.doctor", "report versions, device, registered plugins and local pretrained weights"),
     "simulate": (
         "direct_nextaccel.data.simulate",

@@ -1,0 +1,273 @@
+"""``direct-nextaccel demo``: every stage at tiny size on one CPU, then the benchmark table and figure.
+
+Stages run DIRECT's own ``direct train`` on the tiny configs in ``configs/`` (copied into the demo folder with the
+mask family, iteration budget and earlier stages' checkpoints filled in), then ``direct-nextaccel benchmark``
+reconstructs the held-out data with every trained model. A rerun reuses every stage whose final checkpoint and
+configuration are unchanged, so an interrupted demo resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import logging
+import os
+import re
+import subprocess
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+logger = logging.getLogger(__name__)
+
+REPO_CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+FAMILY_CHOICES = ("cartesian_y", "cartesian_x", "radial", "gaussian2d")
+PHANTOM_CONTRASTS = (("T1", "AXT1"), ("T2", "AXT2"))  # fastMRI brain has no proton-density acquisition name
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One training stage of the demo.
+
+    Attributes
+    ----------
+    name : str
+        Folder and benchmark row name.
+    config : str
+        Tiny config file name under ``configs/`` (``{family}`` is filled in).
+    iterations : int
+        Training iterations at ``--budget 1``.
+    checkpoints : dict[str, str]
+        ``model.<key>`` -> earlier stage whose final checkpoint it needs.
+    benchmarked : bool
+        Whether the benchmark reconstructs with it (a tokenizer or teacher alone does not reconstruct from R = 32).
+    engine : str, optional
+        ``module:Class`` that must be importable for the stage to run (stages of models still being built are
+        skipped with a message, as the issue asks).
+    model_overrides : Callable, optional
+        Family -> extra ``model`` keys.
+    """
+
+    name: str
+    config: str
+    iterations: int
+    checkpoints: dict[str, str] = field(default_factory=dict)
+    benchmarked: bool = True
+    engine: str | None = None
+    model_overrides: Callable[[str], dict] | None = None
+
+
+STAGES: tuple[Stage, ...] = (
+    Stage("E2EVarNet", "tiny_varnet_{family}.yaml", 60),
+    Stage("RecurrentVarNet", "tiny_recurrentvarnet_cartesian_y.yaml", 60),
+    Stage("AQ-VAE", "tiny_aqvae.yaml", 120, benchmarked=False),
+    Stage(
+        "NextAccel",
+        "tiny_nextaccel.yaml",
+        120,
+        {"tokenizer_checkpoint": "AQ-VAE"},
+        engine="direct_nextaccel.nextaccel.nextaccel_engine:NextAccelEngine",
+        model_overrides=lambda family: {"mask_family": family},
+    ),
+    Stage(
+        "Teacher",
+        "tiny_teacher.yaml",
+        120,
+        {"tokenizer_checkpoint": "AQ-VAE"},
+        benchmarked=False,
+        engine="direct_nextaccel.nextaccel.nextaccel_engine:TeacherEngine",
+        model_overrides=lambda family: {"mask_family": family},
+    ),
+    Stage(
+        "NextAccel-distilled",
+        "tiny_distill.yaml",
+        60,
+        {"tokenizer_checkpoint": "AQ-VAE", "teacher_checkpoint": "Teacher", "student_checkpoint": "NextAccel"},
+        engine="direct_nextaccel.nextaccel.nextaccel_engine:DistillationEngine",
+        model_overrides=lambda family: {"mask_family": family},
+    ),
+)
+
+
+def stage_available(stage: Stage) -> str | None:
+    """None when the stage can run, else why not (its config or engine does not exist yet)."""
+    if not (REPO_CONFIGS / stage.config.format(family="cartesian_y")).exists():
+        return f"no config {stage.config}"
+    if stage.engine:
+        module, name = stage.engine.split(":")
+        try:
+            if not hasattr(__import__(module, fromlist=[name]), name):
+                return f"no engine {name} yet"
+        except ImportError as error:
+            return f"engine module {module} does not import ({error})"
+    return None
+
+
+def write_phantoms(output: Path, *, slices: int, size: int, coils: int, seed: int) -> list[Path]:
+    """DIRECT's Shepp-Logan phantoms (T1, T2) as fastMRI-layout files: the demo's default data, nothing downloaded.
+
+    Returns
+    -------
+    list of Path
+        The files written.
+    """
+    import numpy as np
+    from direct.data.datasets import SheppLoganT1Dataset, SheppLoganT2Dataset
+
+    from direct_nextaccel.data.fastmri_h5 import fastmri_filename, write_fastmri_h5
+
+    written = []
+    for (contrast, acquisition), dataset_class in zip(
+        PHANTOM_CONTRASTS, (SheppLoganT1Dataset, SheppLoganT2Dataset), strict=True
+    ):
+        dataset = dataset_class(
+            shape=(size, size, slices), num_coils=coils, seed=seed, transform=None, text_description=contrast
+        )
+        kspace = np.stack([dataset[index]["kspace"] for index in range(len(dataset))]).astype(np.complex64)
+        path = output / fastmri_filename(acquisition, f"900_{seed:04d}")
+        write_fastmri_h5(path, kspace, acquisition, patient_id=f"shepp_logan_{contrast}_{seed}", overwrite=True)
+        written.append(path)
+    return written
+
+
+def stage_config(stage: Stage, family: str, budget: float, runs: Path) -> dict:
+    """The tiny config of ``stage`` with the demo's family, budget and earlier checkpoints filled in."""
+    from omegaconf import OmegaConf
+
+    from direct_nextaccel.masks.nested import MASK_NAMES
+
+    config = OmegaConf.load(REPO_CONFIGS / stage.config.format(family=family))
+    iterations = max(6, round(stage.iterations * budget))
+    config.training.num_iterations = iterations
+    config.training.checkpointer.checkpoint_steps = iterations
+    config.training.validation_steps = iterations
+    config.logging.log_interval = max(1, iterations // 20)
+    datasets = [*config.training.datasets, *config.validation.datasets, config.inference.dataset]
+    for dataset in datasets:
+        dataset.transforms.masking.name = MASK_NAMES[family]
+    if stage.model_overrides:
+        for key, value in stage.model_overrides(family).items():
+            config.model[key] = value
+    for key, dependency in stage.checkpoints.items():
+        config.model[key] = str(final_checkpoint(runs / dependency, stage_iterations(dependency, budget)))
+    return OmegaConf.to_container(config)
+
+
+def stage_iterations(name: str, budget: float) -> int:
+    stage = next(s for s in STAGES if s.name == name)
+    return max(6, round(stage.iterations * budget))
+
+
+def final_checkpoint(run_dir: Path, iterations: int) -> Path:
+    """DIRECT names the last checkpoint after the last iteration index."""
+    return run_dir / f"model_{iterations - 1}.pt"
+
+
+def train_stage(stage: Stage, config: dict, data: dict[str, Path], runs: Path, device: str) -> Path:
+    """Run ``direct train`` for one stage unless an identical finished run exists; return its final checkpoint."""
+    from omegaconf import OmegaConf
+    from tqdm import tqdm
+
+    run_dir = runs / stage.name
+    iterations = config["training"]["num_iterations"]
+    checkpoint = final_checkpoint(run_dir, iterations)
+    digest = hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()
+    marker = run_dir / "demo_stage.json"
+    if checkpoint.exists() and marker.exists() and json.loads(marker.read_text()).get("config") == digest:
+        logger.info("%s: reusing %s", stage.name, checkpoint)
+        return checkpoint
+    run_dir.mkdir(parents=True, exist_ok=True)
+    config_path = run_dir / "demo_config.yaml"
+    OmegaConf.save(OmegaConf.create(config), config_path)
+    command = [
+        str(Path(sys.executable).parent / "direct"),
+        "train",
+        str(runs),
+        "--cfg",
+        str(config_path),
+        "--name",
+        stage.name,
+        "--training-root",
+        str(data["train"]),
+        "--validation-root",
+        str(data["val"]),
+        "--device",
+        device,
+        "--num-gpus",
+        "0" if device == "cpu" else "1",
+        "--num-workers",
+        "0",
+    ]
+    log_path = run_dir / "demo_train.log"
+    iteration = re.compile(r"iter: (\d+)")
+    with log_path.open("w") as log, tqdm(total=iterations, desc=f"train {stage.name}", unit="it") as bar:
+        process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        for line in process.stdout:
+            log.write(line)
+            match = iteration.search(line)
+            if match:
+                bar.update(int(match.group(1)) + 1 - bar.n)
+        process.wait()
+    if process.returncode != 0 or not checkpoint.exists():
+        raise RuntimeError(f"direct train of {stage.name} failed (exit {process.returncode}); see {log_path}")
+    marker.write_text(json.dumps({"config": digest, "checkpoint": str(checkpoint)}))
+    return checkpoint
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of ``direct-nextaccel demo``."""
+    parser.add_argument("--output", type=Path, default=Path("demo"), help="demo folder (reused when rerun)")
+    parser.add_argument(
+        "--data",
+        type=Path,
+        help="fastMRI-layout data with train/ and val/ subfolders (default: DIRECT's Shepp-Logan phantoms)",
+    )
+    parser.add_argument("--family", choices=FAMILY_CHOICES, default="cartesian_y", help="mask family at R = 32")
+    parser.add_argument("--budget", type=float, default=1.0, help="scales every stage's training iterations")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the stages that exist, then the benchmark; print the table and the figure's path."""
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    if args.budget <= 0:
+        print(f"direct-nextaccel demo: --budget {args.budget} must be positive", file=sys.stderr)
+        return 2
+    output = args.output.resolve()
+    if args.data is None:
+        data = {"train": output / "data" / "train", "val": output / "data" / "val"}
+        for split, seed in (("train", 1), ("val", 2)):
+            if not any(data[split].glob("*.h5")):
+                data[split].mkdir(parents=True, exist_ok=True)
+                write_phantoms(data[split], slices=8 if split == "train" else 4, size=64, coils=4, seed=seed)
+    else:
+        data = {"train": args.data / "train", "val": args.data / "val"}
+        for split, folder in data.items():
+            if not any(folder.glob("*.h5")):
+                print(f"direct-nextaccel demo: no {split} .h5 files in {folder}", file=sys.stderr)
+                return 2
+
+    runs = output / "runs"
+    os.environ.setdefault("OMP_NUM_THREADS", "2")
+    methods = []
+    from direct_nextaccel.benchmark.quality import Method, run_benchmark
+
+    for stage in STAGES:
+        missing = stage_available(stage)
+        if missing:
+            print(f"{stage.name}: skipped ({missing})")
+            continue
+        config = stage_config(stage, args.family, args.budget, runs)
+        checkpoint = train_stage(stage, config, data, runs, args.device)
+        if stage.benchmarked:
+            methods.append(
+                Method(stage.name, args.family, run=f"{runs / stage.name / 'demo_config.yaml'}:{checkpoint}")
+            )
+
+    result = run_benchmark(data["val"], methods, output / "benchmark", family=args.family, device=args.device)
+    print((output / "benchmark" / "benchmark.md").read_text())
+    for family, figure in result.figures.items():
+        print(f"figure ({family}): {figure}")
+    return 1 if result.failed else 0
