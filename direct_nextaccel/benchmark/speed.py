@@ -464,7 +464,6 @@ def _tensor_bytes(tensors: Sequence[torch.Tensor]) -> int:
 class Method:
     """One benchmarked method: its networks (moved to the device while it runs) and one runner per table row."""
 
-    model: str
     modules: list[nn.Module]
     runners: dict[str, Runner]
 
@@ -600,11 +599,11 @@ def benchmark(
         nextaccel = build_nextaccel(aqvae_engine, setup.transformer, checkpoints.get("nextaccel"))
         runners = {mode: nextaccel_runner(aqvae_engine, nextaccel, mode, bf16) for mode in MODES if mode in modes}
         modules = [aqvae_engine.model, *aqvae_engine.models.values(), nextaccel]
-        methods.append(Method("nextaccel", modules, runners))
+        methods.append(Method(modules, runners))
     for model in ("varnet", "recurrentvarnet"):
         if model in models:
             engine = build_engine(root / getattr(setup, f"{model}_config"), checkpoints.get(model))
-            methods.append(Method(model, [engine.model, *engine.models.values()], {model: baseline_runner(engine)}))
+            methods.append(Method([engine.model, *engine.models.values()], {model: baseline_runner(engine)}))
 
     rows = []
     calls = sum(len(m.runners) for m in methods) * len(batch_sizes) * (warmup + repeats)
