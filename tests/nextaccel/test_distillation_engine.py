@@ -1,0 +1,404 @@
+"""On-policy privileged information distillation: the reverse KL, randomized prefixes, the frozen teacher, on-policy
+rollouts, the errors a teacher can cause, and plain `direct train`/`direct predict` of teacher and distillation."""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+import torch
+from direct.data.transforms import fft2, ifft2
+from direct.utils.events import EventStorage
+from omegaconf import OmegaConf
+
+from direct_nextaccel.data.fastmri_h5 import fastmri_filename, write_fastmri_h5
+from direct_nextaccel.data.simulate import simulate_volume
+from direct_nextaccel.nextaccel import acquisition
+from direct_nextaccel.nextaccel.aqvae import AQVAE
+from direct_nextaccel.nextaccel.config import NextAccelConfig
+from direct_nextaccel.nextaccel.distillation_engine import (
+    DistillationEngine,
+    TeacherEngine,
+    randomize_prefix,
+    reverse_kl,
+)
+from direct_nextaccel.nextaccel.nextaccel import NextAccel
+from direct_nextaccel.nextaccel.tokenizer_loading import tokenizer_arguments
+
+REPO = Path(__file__).resolve().parents[2]
+CONFIGS = REPO / "configs"
+PAPER_CONFIGS = REPO / "projects" / "fastmri_brain" / "configs"
+BIN = Path(sys.executable).parent
+CPU = ["--device", "cpu", "--num-gpus", "0", "--num-workers", "0"]
+FILENAME = "file_brain_AXT1_900_0001.h5"
+MODEL_ARGUMENTS = NextAccel.__init__.__code__.co_varnames[1 : NextAccel.__init__.__code__.co_argcount]
+
+
+def phantom(slices: int = 2, size: int = 64) -> np.ndarray:
+    yy, xx = np.mgrid[-1 : 1 : size * 1j, -1 : 1 : size * 1j]
+    volume = np.zeros((slices, size, size), dtype=np.float32)
+    for index in range(slices):
+        volume[index] = 1.0 * ((xx / 0.7) ** 2 + (yy / 0.8) ** 2 < 1) + 0.5 * (
+            ((xx - 0.2 * index) / 0.2) ** 2 + (yy / 0.3) ** 2 < 1
+        )
+    return volume
+
+
+def make_batch(family: str = "cartesian_y") -> dict:
+    """Two slices of one file as DIRECT batches them: the R32 input of the nested family and the full k-space."""
+    kspace = torch.view_as_real(torch.from_numpy(simulate_volume(phantom(), coils=4, matrix=(64, 64), seed=1)[0]))
+    kspace = kspace.float()  # S, C, H, W, 2
+    coil_images = ifft2(kspace, dim=(2, 3))
+    rss = coil_images.pow(2).sum(dim=(1, 4)).sqrt()
+    sampling_mask = acquisition.level_masks([FILENAME] * 2, [family] * 2, (64, 64), 1 / 64)[:, 0, None, :, :, None]
+    return {
+        "kspace": kspace,
+        "masked_kspace": kspace * sampling_mask,
+        "sampling_mask": sampling_mask,
+        "sensitivity_map": coil_images / rss[:, None, :, :, None].clamp_min(1e-6),
+        "target": rss,
+        "filename": [FILENAME] * 2,
+        "slice_no": torch.tensor([0, 1]),
+    }
+
+
+def network(config) -> NextAccel:
+    keys = {k: config[k] for k in MODEL_ARGUMENTS if k in config}
+    return NextAccel(**{k: tuple(v) if OmegaConf.is_list(v) else v for k, v in keys.items()})
+
+
+# The reverse KL and the randomized prefixes --------------------------------------------------------------------------
+
+
+def test_reverse_kl_equals_the_hand_computed_divergence():
+    # level A: two positions over a vocabulary of 2; level B: one position
+    student_a = torch.log(torch.tensor([[[0.5, 0.5], [0.8, 0.2]]]))
+    teacher_a = torch.log(torch.tensor([[[0.9, 0.1], [0.5, 0.5]]]))
+    student_b = torch.log(torch.tensor([[[1 / 3, 2 / 3]]]))
+    teacher_b = torch.log(torch.tensor([[[2 / 3, 1 / 3]]]))
+    kl_a = (0.5 * math.log(0.5 / 0.9) + 0.5 * math.log(0.5 / 0.1) + 0.8 * math.log(0.8 / 0.5) + 0.2 * math.log(0.4)) / 2
+    kl_b = math.log(2) / 3
+    loss, per_level = reverse_kl([student_a, student_b], [teacher_a + 7.0, teacher_b])  # logits: shift-invariant
+    assert per_level[0].item() == pytest.approx(kl_a, rel=1e-6)
+    assert per_level[1].item() == pytest.approx(kl_b, rel=1e-6)
+    assert loss.item() == pytest.approx((kl_a + kl_b) / 2, rel=1e-6)
+    forward, _ = reverse_kl([teacher_a, teacher_b], [student_a, student_b])
+    assert forward.item() != pytest.approx(loss.item(), rel=1e-3)  # the direction matters
+
+
+def test_reverse_kl_is_zero_when_student_and_teacher_agree():
+    generator = torch.Generator().manual_seed(0)
+    student = [torch.randn(2, g * g, 64, generator=generator, requires_grad=True) for g in (4, 5, 6, 7, 8)]
+    loss, per_level = reverse_kl(student, [s.detach() - 3.0 for s in student])
+    assert abs(loss.item()) < 1e-6 and all(abs(value.item()) < 1e-6 for value in per_level)
+    loss.backward()
+    assert all(s.grad.abs().max() < 1e-6 for s in student)
+
+
+def test_randomized_prefixes_keep_r32_and_the_targets():
+    generator = torch.Generator().manual_seed(0)
+    tokens = [torch.randint(1000, (2, g, g), generator=generator) for g in (3, 4, 5, 6, 7, 8)]
+    predictions = [torch.randint(1000, (2, g, g), generator=generator) for g in (4, 5, 6, 7, 8)]
+    unchanged = randomize_prefix(tokens, 0.0, "mixed", 1000, predictions)
+    assert all(torch.equal(a, b) for a, b in zip(unchanged, tokens, strict=True))
+    own = randomize_prefix(tokens, 1.0, "self", 1000, predictions)
+    assert torch.equal(own[0], tokens[0]) and torch.equal(own[-1], tokens[-1])
+    assert all(torch.equal(own[level], predictions[level - 1]) for level in range(1, 5))
+    half = randomize_prefix(tokens, 0.5, "uniform", 1000, generator=torch.Generator().manual_seed(1))
+    changed = torch.cat([(half[level] != tokens[level]).flatten() for level in range(1, 5)]).float().mean()
+    assert 0.4 < changed < 0.6 and all(0 <= t.min() and t.max() < 1000 for t in half)
+    with pytest.raises(ValueError, match="prefix noise 'gaussian' is not one of"):
+        randomize_prefix(tokens, 0.5, "gaussian", 1000)
+    with pytest.raises(ValueError, match="needs the model's own predictions"):
+        randomize_prefix(tokens, 0.5, "self", 1000)
+
+
+# Engines on checkpoints made in-process -------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory) -> dict[str, Path]:
+    """A random tiny tokenizer and a privileged teacher sharing its codebook, saved as DIRECT checkpoints."""
+    root = tmp_path_factory.mktemp("distillation_checkpoints")
+    config = distill_config(Path("unused"), Path("unused"))
+    torch.manual_seed(0)
+    tokenizer = AQVAE(**tokenizer_arguments(config.model), context_strides=tuple(config.model.context_strides))
+    torch.manual_seed(1)
+    teacher = network(config.additional_models.teacher)
+    teacher.init_context_encoder_from(tokenizer.encoder.state_dict())
+    teacher.set_codebook(tokenizer.quantizer.codebook)
+    paths = {"tokenizer": root / "tokenizer" / "model_0.pt", "teacher": root / "teacher" / "model_0.pt"}
+    for name, module in (("tokenizer", tokenizer), ("teacher", teacher)):
+        paths[name].parent.mkdir()
+        torch.save({"model": module.state_dict()}, paths[name])
+    return paths
+
+
+def distill_config(tokenizer: Path, teacher: Path, teacher_overrides: dict | None = None, **model):
+    """configs/tiny_distill.yaml merged as DIRECT merges it, without the sensitivity model (a random tokenizer)."""
+    config = OmegaConf.load(CONFIGS / "tiny_distill.yaml")
+    config.model = OmegaConf.merge(OmegaConf.structured(NextAccelConfig), config.model, model)
+    config.model.tokenizer_checkpoint = str(tokenizer)
+    config.model.teacher_checkpoint = str(teacher)
+    entry = OmegaConf.merge(config.additional_models.teacher, teacher_overrides or {})
+    config.additional_models = {"teacher": OmegaConf.merge(OmegaConf.structured(NextAccelConfig), entry)}
+    return config
+
+
+def build(config, engine_class=DistillationEngine):
+    models = {"teacher": network(config.additional_models.teacher)} if "teacher" in config.additional_models else {}
+    torch.manual_seed(2)
+    engine = engine_class(config, network(config.model), "cpu", fft2, ifft2, **models)
+    engine.ndim = 2  # set by DIRECT from the dataset
+    engine.initialise_from_tokenizer()
+    return engine
+
+
+@pytest.fixture()
+def engine(checkpoints) -> DistillationEngine:
+    return build(distill_config(checkpoints["tokenizer"], checkpoints["teacher"]))
+
+
+def test_teacher_is_loaded_frozen_and_kept_out_of_direct(engine, checkpoints):
+    saved = torch.load(checkpoints["teacher"], weights_only=True)["model"]
+    assert all(torch.equal(value, saved[key]) for key, value in engine.teacher.state_dict().items())
+    assert "teacher" not in engine.models  # so: in no optimizer group, never in train mode, in no checkpoint
+    assert all(not p.requires_grad for p in engine.teacher.parameters())
+    engine.models_training_mode()
+    assert not engine.teacher.training
+    assert list(engine.build_loss()) == ["reverse_kl"]
+
+
+def test_distillation_steps_update_the_student_and_never_the_teacher(engine):
+    teacher_before = {k: v.clone() for k, v in engine.teacher.state_dict().items()}
+    student_before = {k: v.clone() for k, v in engine.transformer.state_dict().items()}
+    groups = [{"params": engine.model.parameters()}]
+    groups += [{"params": model.parameters()} for model in engine.models.values()]  # as direct.train builds it
+    # Even with the teacher's parameters in an optimizer with weight decay, nothing may touch them.
+    groups.append({"params": engine.teacher.parameters(), "weight_decay": 0.5})
+    optimizer = torch.optim.AdamW(groups, lr=1e-2, weight_decay=0.1)
+    engine.models_training_mode()
+    losses = engine.build_loss()
+    with EventStorage(0) as storage:
+        for _ in range(3):
+            output = engine._do_iteration(make_batch(), losses)
+            assert all(p.grad is None for p in engine.teacher.parameters())
+            assert engine.transformer.head.weight.grad is not None
+            optimizer.step()
+            optimizer.zero_grad()
+        logged = storage.latest()
+    assert {f"reverse_kl_R{r}" for r in (32, 16, 8, 4, 2)} <= set(logged)
+    assert set(output.data_dict) == {"reverse_kl"} and output.data_dict["reverse_kl"].item() > 0
+    for key, value in engine.teacher.state_dict().items():
+        assert torch.equal(value, teacher_before[key]), key
+    assert not engine.teacher.training and engine.model.training
+    assert any(not torch.equal(v, student_before[k]) for k, v in engine.transformer.state_dict().items())
+
+
+def test_rollouts_are_the_students_own_tokens(engine):
+    engine.models_training_mode()
+    batch = make_batch()
+    batch["sensitivity_map"] = engine.compute_sensitivity_map(batch["sensitivity_map"])
+    images, family = engine.hierarchy(batch, levels=(0,))
+    q32 = engine.tokenizer.encode(images, family, levels=[0]).indices[0]
+    student = engine.transformer
+
+    def own_tokens():
+        student.eval()
+        tokens = student.generate(q32, images[:, 0], family)
+        student.train()
+        return tokens
+
+    first = engine.training_outputs(batch)["rollout"]
+    assert all(torch.equal(a, b) for a, b in zip(first, own_tokens(), strict=True))
+    assert engine.model.training  # the rollout ran in eval mode and gave training mode back
+    with torch.no_grad():  # a different student decodes a different trajectory
+        student.head.bias.zero_()
+        favourite = int(first[1].flatten().bincount(minlength=student.codebook_size).argmin())
+        student.head.bias[favourite] = 100.0
+    second = engine.training_outputs(batch)["rollout"]
+    assert torch.equal(second[0], first[0])  # Q32 is the tokenizer's
+    assert all((level == favourite).all() for level in second[1:])
+    assert not torch.equal(second[1], first[1])
+    assert all(torch.equal(a, b) for a, b in zip(second, own_tokens(), strict=True))
+
+
+def test_distillation_needs_a_base_student(engine, tmp_path):
+    with pytest.raises(ValueError, match=r"set training\.model_checkpoint"):
+        engine.train(None, None, [], tmp_path, resume=False, initialization=None)
+
+
+@pytest.mark.parametrize(
+    ("teacher_overrides", "model", "message"),
+    [
+        ({"privileged_context": False}, {}, "additional_models.teacher has privileged_context false"),
+        ({"token_grids": [3, 4, 5, 6, 7, 9]}, {}, r"additional_models.teacher has token_grids=\[3, 4, 5, 6, 7, 9\]"),
+        ({"codebook_size": 32}, {}, "additional_models.teacher has codebook_size=32"),
+        ({"depth": 4}, {}, "has no 'blocks.3.* that the configured network needs"),
+        ({}, {"rollout": "beam"}, "model.rollout 'beam' is not one of"),
+    ],
+)
+def test_bad_teachers_are_refused(checkpoints, teacher_overrides, model, message):
+    with pytest.raises(ValueError, match=message):
+        build(distill_config(checkpoints["tokenizer"], checkpoints["teacher"], teacher_overrides, **model))
+
+
+def test_teacher_checkpoint_problems_are_named(checkpoints, tmp_path):
+    with pytest.raises(ValueError, match=r"model\.teacher_checkpoint is not set"):
+        build(distill_config(checkpoints["tokenizer"], ""))
+    with pytest.raises(FileNotFoundError, match=r"missing\.pt"):
+        build(distill_config(checkpoints["tokenizer"], tmp_path / "missing.pt"))
+    config = distill_config(checkpoints["tokenizer"], checkpoints["teacher"])
+    del config.additional_models["teacher"]
+    with pytest.raises(ValueError, match=r"DistillationEngine needs additional_models\.teacher"):
+        build(config)
+    # a teacher trained on another tokenizer: same shapes, other codebook
+    other = tmp_path / "other" / "model_0.pt"
+    other.parent.mkdir()
+    state = torch.load(checkpoints["teacher"], weights_only=True)
+    state["model"]["codebook"] = state["model"]["codebook"] + 1.0
+    torch.save(state, other)
+    with pytest.raises(ValueError, match=r"has another codebook than model\.tokenizer_checkpoint"):
+        build(distill_config(checkpoints["tokenizer"], other))
+    # a teacher trained on another mask family, known from the config.yaml DIRECT wrote next to its checkpoint
+    torch.save(torch.load(checkpoints["teacher"], weights_only=True), other)
+    OmegaConf.save({"model": {"mask_family": "radial", "privileged_context": True}}, other.parent / "config.yaml")
+    with pytest.raises(ValueError, match=r"was trained with mask_family='radial'.* has 'cartesian_y'"):
+        build(distill_config(checkpoints["tokenizer"], other))
+
+
+def test_teacher_engine_trains_on_randomized_prefixes_with_the_fully_sampled_image(checkpoints):
+    config = distill_config(
+        checkpoints["tokenizer"], checkpoints["teacher"], privileged_context=True, prefix_noise="self"
+    )
+    config.model.prefix_noise_fraction = 1.0
+    config.training.loss.losses = [{"function": "token_cross_entropy", "multiplier": 1.0}]
+    del config.additional_models["teacher"]
+    teacher = build(config, TeacherEngine)
+    teacher.models_training_mode()
+    batch = make_batch()
+    batch["sensitivity_map"] = teacher.compute_sensitivity_map(batch["sensitivity_map"])
+    images, family = teacher.hierarchy(batch)
+    tokens = teacher.tokenizer.encode(images, family).indices
+    torch.manual_seed(0)
+    noisy = teacher.teacher_forcing_tokens(tokens, images[:, 0], family, images[:, -1])
+    assert torch.equal(noisy[0], tokens[0]) and torch.equal(noisy[-1], tokens[-1])
+    assert any(not torch.equal(a, b) for a, b in zip(noisy[1:-1], tokens[1:-1], strict=True))
+    with EventStorage(0):
+        output = teacher._do_iteration(make_batch(), teacher.build_loss())
+    assert output.data_dict["token_cross_entropy"].item() > 0
+    assert teacher.transformer.source_embed[0].grad is not None  # the fully sampled image's context is used
+    teacher.model.eval()
+    with torch.no_grad():
+        assert teacher._do_iteration(make_batch()).output_image.shape == (2, 64, 64)
+    for key, value, message in (
+        ("prefix_noise", "gaussian", "model.prefix_noise 'gaussian' is not one of"),
+        ("prefix_noise_fraction", 1.5, r"model.prefix_noise_fraction 1.5 is not in \[0, 1\]"),
+    ):
+        bad = copy.deepcopy(config)
+        bad.model[key] = value
+        with pytest.raises(ValueError, match=message):
+            build(bad, TeacherEngine)
+
+
+@pytest.mark.parametrize("family", ["cartesian_y", "cartesian_x", "radial", "gaussian2d"])
+def test_paper_teacher_and_distillation_configs_fit_together(family):
+    base, teacher, distill = (
+        OmegaConf.load(PAPER_CONFIGS / f"{stage}_{family}.yaml") for stage in ("nextaccel", "teacher", "distill")
+    )
+    assert teacher.model.engine_name == "TeacherEngine" and teacher.model.privileged_context
+    assert distill.model.engine_name == "DistillationEngine" and distill.model.lr_schedule == "cosine"
+    assert distill.training.lr == pytest.approx(1e-5) and distill.training.loss.losses[0].function == "reverse_kl"
+    assert {base.model.mask_family, teacher.model.mask_family, distill.model.mask_family} == {family}
+    architecture = [k for k in MODEL_ARGUMENTS if k in teacher.model and k != "privileged_context"]
+    for key in architecture:
+        assert distill.additional_models.teacher[key] == teacher.model[key], key
+        assert distill.model[key] == base.model[key], key
+    with torch.device("meta"):
+        merged = OmegaConf.merge(OmegaConf.structured(NextAccelConfig), distill.additional_models.teacher)
+        assert network(merged).privileged_context
+
+
+# direct train / direct predict -----------------------------------------------------------------------------------
+
+
+def six_iterations(source: Path, destination: Path, **overrides) -> Path:
+    config = OmegaConf.load(source)
+    config.training.num_iterations = 6
+    config.training.checkpointer.checkpoint_steps = 6
+    config.training.validation_steps = 6
+    config.logging.log_interval = 1
+    for key, value in overrides.items():
+        OmegaConf.update(config, key, value)
+    OmegaConf.save(config, destination)
+    return destination
+
+
+def start(command: list[str], cwd: Path) -> subprocess.Popen:
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    return subprocess.Popen(
+        [str(BIN / command[0]), *command[1:]],
+        cwd=cwd,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+
+
+def finish(process: subprocess.Popen) -> None:
+    output, _ = process.communicate(timeout=600)
+    assert process.returncode == 0, f"{process.args[1:3]} failed:\n{output[-4000:]}"
+
+
+@pytest.mark.slow
+def test_teacher_and_distillation_train_and_the_student_predicts(tmp_path):
+    data = tmp_path / "data"
+    data.mkdir()
+    for acquisition_name, subject in (("AXT1", "900_0001"), ("AXT2", "900_0002")):
+        kspace, _ = simulate_volume(phantom(), coils=4, matrix=(64, 64), seed=int(subject[-1]))
+        write_fastmri_h5(data / fastmri_filename(acquisition_name, subject), kspace, acquisition_name)
+    runs = tmp_path / "runs"
+    roots = ["--training-root", str(data), "--validation-root", str(data), *CPU]
+
+    def train(stage: str, **overrides) -> subprocess.Popen:
+        config = six_iterations(CONFIGS / f"tiny_{stage}.yaml", tmp_path / f"{stage}.yaml", **overrides)
+        return start(["direct", "train", str(runs), "--cfg", str(config), "--name", stage, *roots], cwd=tmp_path)
+
+    finish(train("aqvae"))
+    tokenizer = {"model.tokenizer_checkpoint": str(runs / "aqvae" / "model_5.pt")}
+    base, teacher = train("nextaccel", **tokenizer), train("teacher", **tokenizer)
+    finish(base)
+    finish(teacher)
+    finish(
+        train(
+            "distill",
+            **tokenizer,
+            **{
+                "model.teacher_checkpoint": str(runs / "teacher" / "model_5.pt"),
+                "training.model_checkpoint": str(runs / "nextaccel" / "model_5.pt"),
+            },
+        )
+    )
+    logged = set().union(*(json.loads(line) for line in (runs / "distill" / "metrics.json").read_text().splitlines()))
+    assert {"reverse_kl", *(f"reverse_kl_R{r}" for r in (32, 16, 8, 4, 2))} <= logged
+    assert any("fastmri_psnr" in key for key in logged)
+    distilled = torch.load(runs / "distill" / "model_5.pt", weights_only=False)
+    assert "teacher" not in distilled and not any(key.startswith("source_embed") for key in distilled["model"])
+    assert len(distilled["optimizer"]["param_groups"]) == 2  # the student's and the sensitivity model's
+
+    predict = six_iterations(CONFIGS / "tiny_nextaccel.yaml", tmp_path / "predict.yaml", **tokenizer)
+    command = ["direct", "predict", str(tmp_path / "out"), "--cfg", str(predict), "--checkpoint"]
+    finish(start([*command, str(runs / "distill" / "model_5.pt"), "--data-root", str(data), *CPU], cwd=tmp_path))
+    for source in data.glob("*.h5"):
+        with h5py.File(tmp_path / "out" / source.name, "r") as written:
+            reconstruction = written["reconstruction"][()]
+        assert reconstruction.shape == (2, 64, 64) and np.isfinite(reconstruction).all()
