@@ -89,6 +89,9 @@ class NextAccelConfig(ModelConfig):
     # dataset masking must give level R32 of the same family (`masking.name: Nested<Family>`, `use_seed: true`).
     mask_family: str = "cartesian_y"
     mask_center_fraction: float = 0.015625
+    # Training acquisitions: "file" = DIRECT's per-file seed (its R32 input is checked to be level R32), "fresh" = a
+    # new nested mask per slice and iteration (augmentation; DIRECT's training input is then not used).
+    training_masks: str = "file"
     # Decoding at validation and `direct predict`: argmax (paper), multinomial, top_k_top_p or beam (MIAR).
     decoding: str = "argmax"
     temperature: float = 1.0

@@ -49,6 +49,9 @@ samples); anything else (R = 16, R = 64, a wrong masking block) is refused at ev
 
 UNCERTAINTY_FOLDER = "uncertainty"
 
+TRAINING_MASKS = ("file", "fresh")
+"""``model.training_masks``: DIRECT's per-file nested mask, or a fresh one per slice and iteration."""
+
 LR_SCHEDULES = ("linear", "cosine", "direct")
 """``model.lr_schedule``: warm-up then linear (paper base model) or cosine (paper distillation) decay, or DIRECT's."""
 
@@ -114,6 +117,10 @@ class NextAccelEngine(MRIModelEngine):
         self.family = family_of(config.mask_family)
         self.center_fraction = config.mask_center_fraction
         mask_func_for_family(self.family, (LEVELS[0],), [self.center_fraction])  # refuses a bad centre fraction
+        if config.training_masks not in TRAINING_MASKS:
+            raise ValueError(f"model.training_masks {config.training_masks!r} is not one of {TRAINING_MASKS}")
+        self._mask_generator = torch.Generator().manual_seed(torch.initial_seed() % 2**63)
+        self._warned_size = False
 
         checkpoint = load_checkpoint(config.tokenizer_checkpoint, "tokenizer_checkpoint")
         self.tokenizer = load_tokenizer(checkpoint, config.tokenizer_checkpoint, config, device)
@@ -210,8 +217,9 @@ class NextAccelEngine(MRIModelEngine):
     def hierarchy(self, data: dict[str, Any], levels: tuple[int, ...] | None = None) -> tuple[Tensor, Tensor]:
         """Images of the model's nested family from the batch's fully sampled k-space, at the model's size.
 
-        Checks that level R32 is DIRECT's own input (``sampling_mask``), so that training and evaluation see the
-        same acquisition.
+        The masks are seeded by the file name, and level R32 is checked to be DIRECT's own input (``sampling_mask``)
+        so that training and evaluation see the same acquisition, unless ``model.training_masks`` is ``"fresh"``:
+        then training draws a new nested mask per slice.
 
         Parameters
         ----------
@@ -235,14 +243,30 @@ class NextAccelEngine(MRIModelEngine):
         kspace = data["kspace"]
         filenames = [str(name) for name in data["filename"]]
         families = [self.family] * len(filenames)
-        masks = acquisition.level_masks(filenames, families, tuple(kspace.shape[2:4]), self.center_fraction)
+        fresh = self.model.training and self.cfg.model.training_masks == "fresh"
+        seeds = None
+        if fresh:
+            seeds = [tuple(torch.randint(2**31, (2,), generator=self._mask_generator).tolist()) for _ in filenames]
+        masks = acquisition.level_masks(filenames, families, tuple(kspace.shape[2:4]), self.center_fraction, seeds)
         masks = masks.to(kspace.device)
-        self._check_sampling_mask(masks[:, 0], data)
+        if not fresh:
+            self._check_sampling_mask(masks[:, 0], data)
         if levels is not None:
             masks = masks[:, list(levels)]
         images = acquisition.hierarchy_images(kspace, data["sensitivity_map"], masks, self.backward_operator)
-        images = acquisition.center_crop_or_pad(images, self.tokenizer.image_size)  # B, L, 2, h, w
-        return images, acquisition.family_labels(families, kspace.device)
+        return self._working_size(images), acquisition.family_labels(families, kspace.device)
+
+    def _working_size(self, images: Tensor) -> Tensor:
+        """Centre-crop/zero-pad (..., H, W) to the model's image size, saying so once when the sizes differ."""
+        if tuple(images.shape[-2:]) != self.tokenizer.image_size and not self._warned_size:
+            self._warned_size = True
+            logger.warning(
+                "DIRECT's matrix %s differs from model.image_size %s: images are centre-cropped/zero-padded to it and "
+                "the output is mapped back, so a cropped border comes back as zeros.",
+                tuple(images.shape[-2:]),
+                self.tokenizer.image_size,
+            )
+        return acquisition.center_crop_or_pad(images, self.tokenizer.image_size)
 
     def _check_sampling_mask(self, level0: Tensor, data: dict[str, Any]) -> None:
         expected = level0  # B, H, W
@@ -312,7 +336,7 @@ class NextAccelEngine(MRIModelEngine):
         image32 = acquisition.sense_adjoint(
             masked_kspace, data["sensitivity_map"], sampling_mask[:, 0, :, :, 0], self.backward_operator
         )  # B, H, W, 2
-        image32 = acquisition.center_crop_or_pad(image32.permute(0, 3, 1, 2), self.tokenizer.image_size)  # B, 2, h, w
+        image32 = self._working_size(image32.permute(0, 3, 1, 2))  # B, 2, h, w
         family = acquisition.family_labels([self.family] * image32.shape[0], image32.device)
         q32 = self.tokenizer.encode(image32[:, None], family, levels=[0]).indices[0]
         generated = self.transformer.generate(

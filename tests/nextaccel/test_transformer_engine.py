@@ -299,6 +299,7 @@ def test_data_consistency_option_changes_the_output(tokenizer_checkpoint, transf
         ({"temperature": 0.0}, "model.temperature 0.0 must be positive"),
         ({"mask_family": "spiral"}, "unknown mask family 'spiral'"),
         ({"lr_schedule": "step"}, "model.lr_schedule 'step' is not one of"),
+        ({"training_masks": "random"}, "model.training_masks 'random' is not one of"),
         ({"privileged_context": True}, "use engine_name: TeacherEngine"),
         ({"token_grids": [3, 4, 5, 6, 8]}, "must name 6 grids"),
         ({"codebook_size": 32}, "codebook_size=64 .* the configuration has 32"),
@@ -341,6 +342,18 @@ def test_dataset_mask_of_another_family_is_refused_in_training(trained_engine):
     batch["sensitivity_map"] = trained_engine.compute_sensitivity_map(batch["sensitivity_map"])
     with pytest.raises(ValueError, match=f"sampling mask of {FILENAME} is not level R32 .* name: NestedCartesianY"):
         trained_engine.training_outputs(batch)
+
+
+def test_fresh_training_masks_draw_new_acquisitions(tokenizer_checkpoint):
+    engine = build(engine_config(tokenizer_checkpoint, training_masks="fresh"))
+    engine.models_training_mode()
+    batch = make_batch(family="radial")  # DIRECT's training input is not used with fresh masks
+    first, second = engine.hierarchy(batch)[0], engine.hierarchy(batch)[0]
+    assert not torch.equal(first[:, 0], second[:, 0])  # a new R32 acquisition per call
+    torch.testing.assert_close(first[:, -1], second[:, -1])  # the same fully sampled image
+    engine.model.eval()
+    with pytest.raises(ValueError, match="is not level R32"):  # evaluation keeps DIRECT's per-file masks
+        engine.hierarchy(batch)
 
 
 def test_input_at_another_acceleration_is_refused(trained_engine):
