@@ -51,3 +51,21 @@ def test_bad_schedule_arguments_name_the_value():
         warmup_schedule(optimizer_after_direct(), "step", 0, 10, 0.0)
     with pytest.raises(ValueError, match="num_iterations 0"):
         warmup_schedule(optimizer_after_direct(), "cosine", 0, 0, 0.0)
+
+
+def test_directs_checkpointer_saves_and_resumes_the_schedule(tmp_path):
+    """DIRECT saves only _LRScheduler instances; a resumed run must continue, not warm up again."""
+    from direct.checkpointer import Checkpointer
+
+    model = torch.nn.Linear(2, 2)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    scheduler = warmup_schedule(optimizer, "cosine", 10, 100, 1e-6)
+    lrs(scheduler, 40)
+    Checkpointer(tmp_path, save_to_disk=True, model=model, optimizer=optimizer, lr_scheduler=scheduler).save(39)
+
+    model2 = torch.nn.Linear(2, 2)
+    optimizer2 = torch.optim.AdamW(model2.parameters(), lr=1e-4)
+    resumed = warmup_schedule(optimizer2, "cosine", 10, 100, 1e-6)
+    Checkpointer(tmp_path, save_to_disk=False, model=model2, optimizer=optimizer2, lr_scheduler=resumed).load(39)
+    assert resumed.last_epoch == scheduler.last_epoch == 40
+    assert lrs(resumed, 5) == pytest.approx(lrs(scheduler, 5))
