@@ -48,6 +48,11 @@ class Stage:
         skipped with a message, as the issue asks).
     model_overrides : Callable, optional
         Family -> extra ``model`` keys.
+    start_from : str, optional
+        Earlier stage whose final checkpoint initialises this one (``training.model_checkpoint``).
+    predict_with : str, optional
+        Earlier stage whose config reconstructs with this stage's checkpoint (a distilled student is used exactly
+        like its base model).
     """
 
     name: str
@@ -57,6 +62,8 @@ class Stage:
     benchmarked: bool = True
     engine: str | None = None
     model_overrides: Callable[[str], dict] | None = None
+    start_from: str | None = None
+    predict_with: str | None = None
 
 
 STAGES: tuple[Stage, ...] = (
@@ -84,9 +91,11 @@ STAGES: tuple[Stage, ...] = (
         "NextAccel-distilled",
         "tiny_distill.yaml",
         60,
-        {"tokenizer_checkpoint": "AQ-VAE", "teacher_checkpoint": "Teacher", "student_checkpoint": "NextAccel"},
+        {"tokenizer_checkpoint": "AQ-VAE", "teacher_checkpoint": "Teacher"},
         engine="direct_nextaccel.nextaccel.nextaccel_engine:DistillationEngine",
         model_overrides=lambda family: {"mask_family": family},
+        start_from="NextAccel",
+        predict_with="NextAccel",
     ),
 )
 
@@ -152,6 +161,9 @@ def stage_config(stage: Stage, family: str, budget: float, runs: Path) -> dict:
             config.model[key] = value
     for key, dependency in stage.checkpoints.items():
         config.model[key] = str(final_checkpoint(runs / dependency, stage_iterations(dependency, budget)))
+    if stage.start_from:
+        start = final_checkpoint(runs / stage.start_from, stage_iterations(stage.start_from, budget))
+        config.training.model_checkpoint = str(start)
     return OmegaConf.to_container(config)
 
 
@@ -262,9 +274,8 @@ def run(args: argparse.Namespace) -> int:
         config = stage_config(stage, args.family, args.budget, runs)
         checkpoint = train_stage(stage, config, data, runs, args.device)
         if stage.benchmarked:
-            methods.append(
-                Method(stage.name, args.family, run=f"{runs / stage.name / 'demo_config.yaml'}:{checkpoint}")
-            )
+            config_path = runs / (stage.predict_with or stage.name) / "demo_config.yaml"
+            methods.append(Method(stage.name, args.family, run=f"{config_path}:{checkpoint}"))
 
     result = run_benchmark(data["val"], methods, output / "benchmark", family=args.family, device=args.device)
     print((output / "benchmark" / "benchmark.md").read_text())
