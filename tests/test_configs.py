@@ -28,12 +28,15 @@ MATRIX, COILS = 64, 4
 
 
 def _baseline_configs() -> list[str]:
+    """Reconstruction baselines at R = 32 (the super-resolution baselines are tested in tests/miar)."""
     paths = sorted(REPO.glob("configs/*.yaml")) + sorted(REPO.glob("projects/*/configs/**/*.yaml"))
-    return [
-        str(path.relative_to(REPO))
-        for path in paths
-        if OmegaConf.load(path).get("model", {}).get("model_name") in BASELINES
-    ]
+    found = []
+    for path in paths:
+        config = OmegaConf.load(path)
+        masking = config.training.datasets[0].transforms.masking.name if "training" in config else ""
+        if config.get("model", {}).get("model_name") in BASELINES and masking.startswith("Nested"):
+            found.append(str(path.relative_to(REPO)))
+    return found
 
 
 CONFIGS = _baseline_configs()
