@@ -228,6 +228,6 @@ def test_output_levels_decode_a_subset_of_tokens_at_evaluation():
 
 def test_bad_output_levels_are_refused():
     config = OmegaConf.merge(OmegaConf.structured(AQVAEConfig), OmegaConf.load(TINY_CONFIG).model)
-    config.output_levels = [0, 6]
+    config.output_levels = (0, 6)
     with pytest.raises(ValueError, match=r"output_levels \[0, 6\]"):
         AQVAEEngine(OmegaConf.create({"model": config}), None, "cpu", fft2, ifft2)

@@ -1,0 +1,57 @@
+"""The demo's plumbing: stage configs, phantom data, availability of stages (the full run is a timed command)."""
+
+from __future__ import annotations
+
+import argparse
+
+import h5py
+import numpy as np
+import pytest
+
+from direct_nextaccel import demo
+from direct_nextaccel.masks.nested import MASK_NAMES
+
+
+def test_stage_config_fills_family_budget_and_earlier_checkpoints(tmp_path):
+    stage = next(s for s in demo.STAGES if s.name == "NextAccel-distilled")
+    config = demo.stage_config(stage, "radial", 0.5, tmp_path)
+    assert config["training"]["num_iterations"] == 30
+    assert config["training"]["checkpointer"]["checkpoint_steps"] == 30
+    datasets = [*config["training"]["datasets"], *config["validation"]["datasets"], config["inference"]["dataset"]]
+    assert {d["transforms"]["masking"]["name"] for d in datasets} == {MASK_NAMES["radial"]}
+    assert config["model"]["mask_family"] == "radial"
+    assert config["model"]["tokenizer_checkpoint"] == str(tmp_path / "AQ-VAE" / "model_59.pt")
+    assert config["model"]["teacher_checkpoint"] == str(tmp_path / "Teacher" / "model_59.pt")
+    assert config["training"]["model_checkpoint"] == str(tmp_path / "NextAccel" / "model_59.pt")
+
+
+def test_tiny_budget_keeps_directs_minimum_of_six_iterations(tmp_path):
+    config = demo.stage_config(demo.STAGES[0], "cartesian_y", 0.001, tmp_path)
+    assert config["training"]["num_iterations"] == 6  # DIRECT validates and checkpoints only from iteration 5
+
+
+def test_every_stage_of_this_release_is_available():
+    assert {stage.name: demo.stage_available(stage) for stage in demo.STAGES} == {
+        stage.name: None for stage in demo.STAGES
+    }
+
+
+def test_phantoms_are_fastmri_layout_t1_and_t2(tmp_path):
+    paths = demo.write_phantoms(tmp_path, slices=2, size=32, coils=2, seed=1)
+    assert [p.name.split("_")[2] for p in paths] == ["AXT1", "AXT2"]
+    with h5py.File(paths[0], "r") as f:
+        assert f["kspace"].shape == (2, 2, 32, 32)
+        assert f.attrs["acquisition"] == "AXT1" and np.isfinite(f["reconstruction_rss"][()]).all()
+
+
+@pytest.mark.parametrize("budget", [0.0, -1.0])
+def test_bad_budget_is_a_one_line_error(tmp_path, capsys, budget):
+    args = argparse.Namespace(output=tmp_path, data=None, family="cartesian_y", budget=budget, device="cpu")
+    assert demo.run(args) == 2
+    assert f"--budget {budget}" in capsys.readouterr().err
+
+
+def test_data_folder_without_files_is_refused(tmp_path, capsys):
+    args = argparse.Namespace(output=tmp_path / "o", data=tmp_path, family="cartesian_y", budget=1.0, device="cpu")
+    assert demo.run(args) == 2
+    assert "no train .h5 files" in capsys.readouterr().err
