@@ -219,7 +219,7 @@ def train_stage(stage: Stage, config: dict, data: dict[str, Path], runs: Path, d
         for line in process.stdout:
             log.write(line)
             match = iteration.search(line)
-            if match:
+            if match and int(match.group(1)) + 1 > bar.n:
                 bar.update(int(match.group(1)) + 1 - bar.n)
         process.wait()
     if process.returncode != 0 or not checkpoint.exists():
