@@ -92,6 +92,7 @@ class AQVAEEngine(MRIModelEngine):
         self.discriminator_optimizer = None
         self._family_generator = torch.Generator().manual_seed(torch.initial_seed() % 2**63)
         self._warned_size = False
+        self._best_ssim = float("-inf")
 
     @property
     def tokenizer(self):
@@ -130,6 +131,34 @@ class AQVAEEngine(MRIModelEngine):
             raise FileNotFoundError(f"{missing_weight_message('var_vqvae')}; or set model.var_init: none")
         self.tokenizer.load_var_weights(path)
         logger.info("Initialised the AQ-VAE from VAR weights %s.", path)
+
+    def validate_model_at_interval(self, func, iter_idx, total_iter):
+        """DIRECT's validation, then ``model_best.pt`` whenever the mean validation SSIM improves (paper: the
+        tokenizer is selected by validation SSIM; DIRECT itself keeps no best checkpoint)."""
+        super().validate_model_at_interval(func, iter_idx, total_iter)
+        from direct.utils import communication
+        from direct.utils.events import get_event_storage
+
+        scores = [
+            value
+            for name, value in get_event_storage().latest().items()
+            if name.startswith("val/") and name.endswith("fastmri_ssim_metric")
+        ]
+        if not scores or not communication.is_main_process():
+            return
+        score = float(sum(scores) / len(scores))
+        if score <= self._best_ssim:
+            return
+        self._best_ssim = score
+        checkpointer = self._require_checkpointer()
+        pointer = checkpointer.save_directory / "last_model.txt"
+        previous = pointer.read_text() if pointer.exists() else None
+        checkpointer.save("best")  # writes model_best.pt, and would point --resume at it:
+        if previous is None:
+            pointer.unlink()
+        else:
+            pointer.write_text(previous)
+        logger.info("Validation SSIM %.4f at iteration %d is the best so far: saved model_best.pt.", score, iter_idx)
 
     def _build_discriminator(self) -> None:
         from direct_nextaccel.modules.discriminator import ProjectedDiscriminator, build_discriminator_optimizer

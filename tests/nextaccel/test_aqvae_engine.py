@@ -92,6 +92,8 @@ def test_direct_train_and_predict_tiny_aqvae(data_root, tmp_path):
     assert {"commitment_loss", "ssim_magnitude_loss"} <= logged
     assert any("fastmri_psnr" in key for key in logged), sorted(logged)
 
+    assert (run_dir / "model_best.pt").exists()  # selected by validation SSIM, as in the paper
+    assert (run_dir / "last_model.txt").read_text() == "5"  # --resume still continues from the last iteration
     checkpoint = run_dir / "model_5.pt"
     run(
         [
