@@ -264,7 +264,7 @@ def run(args: argparse.Namespace) -> int:
     runs = output / "runs"
     os.environ.setdefault("OMP_NUM_THREADS", "2")
     methods = []
-    from direct_nextaccel.benchmark.quality import Method, run_benchmark
+    from direct_nextaccel.benchmark.quality import FigureRequest, Method, run_benchmark
 
     for stage in STAGES:
         missing = stage_available(stage)
@@ -277,7 +277,9 @@ def run(args: argparse.Namespace) -> int:
             config_path = runs / (stage.predict_with or stage.name) / "demo_config.yaml"
             methods.append(Method(stage.name, args.family, run=f"{config_path}:{checkpoint}"))
 
-    result = run_benchmark(data["val"], methods, output / "benchmark", family=args.family, device=args.device)
+    result = run_benchmark(
+        data["val"], methods, output / "benchmark", family=args.family, device=args.device, figure=FigureRequest()
+    )
     print((output / "benchmark" / "benchmark.md").read_text())
     for family, figure in result.figures.items():
         print(f"figure ({family}): {figure}")
