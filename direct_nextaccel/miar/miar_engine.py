@@ -24,7 +24,7 @@ from torch.amp import autocast
 from direct_nextaccel.miar.images import center_crop_or_pad, coil_combined, low_resolution_image
 from direct_nextaccel.miar.miar import check_decoding, token_cross_entropy
 from direct_nextaccel.miar.msvqvae_engine import MSVQVAEEngine, replace_schedule, require_kspace
-from direct_nextaccel.nextaccel.aqvae_engine import check_finite
+from direct_nextaccel.tokenizer_engine import check_finite
 
 __all__ = ["MIAREngine", "MSVQVAEEngine", "load_tokenizer_state"]
 

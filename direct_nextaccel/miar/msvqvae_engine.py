@@ -12,15 +12,12 @@ import logging
 from typing import Any, ClassVar
 
 import torch
-from direct.engine import DoIterationOutput
 from direct.nn.mri_models import MRIModelEngine
-from direct.utils import detach_dict, dict_to_device
-from torch.amp import autocast
 
 from direct_nextaccel import _hook
 from direct_nextaccel.miar.images import center_crop_or_pad, coil_combined
-from direct_nextaccel.nextaccel.aqvae_engine import check_finite
 from direct_nextaccel.schedules import warmup_schedule
+from direct_nextaccel.tokenizer_engine import TokenizerEngine
 
 logger = logging.getLogger(__name__)
 
@@ -53,7 +50,7 @@ def replace_schedule(engine: MRIModelEngine, optimizer, lr_scheduler):
     )
 
 
-class MSVQVAEEngine(MRIModelEngine):
+class MSVQVAEEngine(TokenizerEngine):
     """DIRECT engine of :class:`direct_nextaccel.miar.msvqvae.MSVQVAE`.
 
     Loss name it adds to ``training.loss.losses``: ``commitment_loss`` (the quantizer's ``beta`` is already inside,
@@ -64,19 +61,10 @@ class MSVQVAEEngine(MRIModelEngine):
 
     ENGINE_LOSSES: ClassVar[dict[str, str]] = {"commitment_loss": "commitment_loss"}
 
-    @property
-    def tokenizer(self):
-        """The MSVQ-VAE itself (unwrapped from DistributedDataParallel)."""
-        return getattr(self.model, "module", self.model)
-
     def train(self, optimizer, lr_scheduler, training_datasets, experiment_directory, *args, **kwargs):
         """DIRECT's training with the schedule of ``model.lr_schedule``."""
         lr_scheduler = replace_schedule(self, optimizer, lr_scheduler)
         return super().train(optimizer, lr_scheduler, training_datasets, experiment_directory, *args, **kwargs)
-
-    def forward_function(self, data: dict[str, Any]) -> tuple[torch.Tensor, None]:
-        """DIRECT's hook: the image reconstructed from all scales, (B, H, W, 2)."""
-        return self._forward(data)["output_image"], None
 
     def _forward(self, data: dict[str, Any]) -> dict[str, Any]:
         kspace = require_kspace(data, "MSVQVAEEngine")
@@ -90,32 +78,6 @@ class MSVQVAEEngine(MRIModelEngine):
             "usage": result["usage"],
             "kept_scales": result["kept_scales"],
         }
-
-    def _do_iteration(self, data, loss_fns=None, regularizer_fns=None) -> DoIterationOutput:
-        loss_fns = loss_fns or {}
-        regularizer_fns = regularizer_fns or {}
-        data = dict_to_device(data, self.device)
-        # Before any forward pass: the codebook's k-means start and EMA statistics must never see a bad batch.
-        check_finite({name: data[name] for name in ("kspace", "sensitivity_map") if name in data}, data)
-        with autocast("cuda", enabled=self.mixed_precision):
-            data["sensitivity_map"] = self.compute_sensitivity_map(data["sensitivity_map"])
-            outputs = self._forward(data)
-            output_image = torch.linalg.vector_norm(outputs["output_image"], dim=-1)  # B, H, W
-            check_finite({"reconstruction": output_image}, data)
-            loss_dict, regularizer_dict = self._accumulate_keyed_losses(
-                loss_fns, regularizer_fns, data, {**outputs, "output_image": output_image}
-            )
-        if self.model.training:
-            loss = sum(loss_dict.values()) + sum(regularizer_dict.values())
-            check_finite({"loss": loss}, data)
-            self._scaler.scale(loss).backward()
-            self.tokenizer.ema_update()
-            self._log_training_scalars(outputs)
-        return DoIterationOutput(
-            output_image=output_image,
-            sensitivity_map=data["sensitivity_map"],
-            data_dict={**detach_dict(loss_dict), **detach_dict(regularizer_dict)},
-        )
 
     def _log_training_scalars(self, outputs: dict[str, Any]) -> None:
         from direct.utils.events import get_event_storage

@@ -12,15 +12,12 @@ import logging
 from typing import Any, ClassVar
 
 import torch
-from direct.engine import DoIterationOutput
-from direct.nn.mri_models import MRIModelEngine
-from direct.utils import detach_dict, dict_to_device
-from torch.amp import autocast
 
 from direct_nextaccel import _hook
 from direct_nextaccel.masks.nested import LEVELS, family_index
 from direct_nextaccel.nextaccel import acquisition
 from direct_nextaccel.schedules import warmup_schedule
+from direct_nextaccel.tokenizer_engine import TokenizerEngine
 
 logger = logging.getLogger(__name__)
 
@@ -31,23 +28,7 @@ LEVEL_NAMES = (*(f"R{r}" for r in LEVELS), "FS")
 _hook.install()
 
 
-class NonFiniteError(FloatingPointError):
-    """A NaN or Inf in a batch or a loss. Not a RuntimeError, so DIRECT does not write a checkpoint on the way out."""
-
-
-def check_finite(tensors: dict[str, torch.Tensor], data: dict[str, Any]) -> None:
-    """Raise :class:`NonFiniteError` naming the tensor and the batch's files and slices if anything is NaN/Inf."""
-    for name, tensor in tensors.items():
-        if not torch.isfinite(tensor).all():
-            slices = data.get("slice_no")
-            slices = slices.tolist() if isinstance(slices, torch.Tensor) else slices
-            raise NonFiniteError(
-                f"non-finite {name} for batch files {list(data.get('filename', []))} slices {slices}: "
-                "training stopped before the update, no checkpoint written"
-            )
-
-
-class AQVAEEngine(MRIModelEngine):
+class AQVAEEngine(TokenizerEngine):
     """DIRECT engine of :class:`direct_nextaccel.nextaccel.aqvae.AQVAE`.
 
     Loss names it adds to ``training.loss.losses``: ``commitment_loss`` (already weighted by the quantizer's
@@ -93,11 +74,6 @@ class AQVAEEngine(MRIModelEngine):
         self._family_generator = torch.Generator().manual_seed(torch.initial_seed() % 2**63)
         self._warned_size = False
         self._best_ssim = float("-inf")
-
-    @property
-    def tokenizer(self):
-        """The AQ-VAE itself (unwrapped from DistributedDataParallel)."""
-        return getattr(self.model, "module", self.model)
 
     def _loss_names(self) -> list[str]:
         return [entry.function for entry in self.cfg.training.loss.losses]
@@ -175,10 +151,6 @@ class AQVAEEngine(MRIModelEngine):
             self.discriminator, lr=config.discriminator_lr, weight_decay=config.discriminator_weight_decay
         )
 
-    def forward_function(self, data: dict[str, Any]) -> tuple[torch.Tensor, None]:
-        """DIRECT's hook: the image decoded from all six levels' tokens, (B, H, W, 2)."""
-        return self._forward(data)["output_image"], None
-
     def _forward(self, data: dict[str, Any]) -> dict[str, Any]:
         if "kspace" not in data:
             raise ValueError(
@@ -236,32 +208,6 @@ class AQVAEEngine(MRIModelEngine):
         fake = torch.linalg.vector_norm(reconstruction, dim=1, keepdim=True)
         scale = real.detach().flatten(1).amax(dim=1).clamp_min(1e-12)[:, None, None, None]
         return real / scale, fake / scale
-
-    def _do_iteration(self, data, loss_fns=None, regularizer_fns=None) -> DoIterationOutput:
-        loss_fns = loss_fns or {}
-        regularizer_fns = regularizer_fns or {}
-        data = dict_to_device(data, self.device)
-        # Before any forward pass: the codebook's k-means start and EMA statistics must never see a bad batch.
-        check_finite({name: data[name] for name in ("kspace", "sensitivity_map") if name in data}, data)
-        with autocast("cuda", enabled=self.mixed_precision):
-            data["sensitivity_map"] = self.compute_sensitivity_map(data["sensitivity_map"])
-            outputs = self._forward(data)
-            output_image = torch.linalg.vector_norm(outputs["output_image"], dim=-1)  # B, H, W
-            check_finite({"reconstruction": output_image}, data)
-            loss_dict, regularizer_dict = self._accumulate_keyed_losses(
-                loss_fns, regularizer_fns, data, {**outputs, "output_image": output_image}
-            )
-        if self.model.training:
-            loss = sum(loss_dict.values()) + sum(regularizer_dict.values())
-            check_finite({"loss": loss}, data)
-            self._scaler.scale(loss).backward()
-            self.tokenizer.ema_update()
-            self._log_training_scalars(outputs)
-        return DoIterationOutput(
-            output_image=output_image,
-            sensitivity_map=data["sensitivity_map"],
-            data_dict={**detach_dict(loss_dict), **detach_dict(regularizer_dict)},
-        )
 
     def _log_training_scalars(self, outputs: dict[str, Any]) -> None:
         """Step the discriminator, then log its loss and the per-level codebook usage (not summed into the loss)."""

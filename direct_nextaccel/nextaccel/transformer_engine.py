@@ -36,10 +36,11 @@ from direct_nextaccel import _hook
 from direct_nextaccel.masks.nested import LEVELS, MASK_NAMES, family_of, mask_func_for_family
 from direct_nextaccel.modules.decoding import BEAM_TOKEN_COUNTS
 from direct_nextaccel.nextaccel import acquisition
-from direct_nextaccel.nextaccel.aqvae_engine import LEVEL_NAMES, check_finite
+from direct_nextaccel.nextaccel.aqvae_engine import LEVEL_NAMES
 from direct_nextaccel.nextaccel.nextaccel import GENERATION_MODES, NextAccel, uncertainty_map
 from direct_nextaccel.nextaccel.tokenizer_loading import load_checkpoint, load_frozen_additional_model, load_tokenizer
 from direct_nextaccel.schedules import warmup_schedule
+from direct_nextaccel.tokenizer_engine import check_finite
 
 logger = logging.getLogger(__name__)
 

@@ -20,7 +20,7 @@ from direct_nextaccel.miar.config import MIARConfig, MSVQVAEConfig
 from direct_nextaccel.miar.miar import MIAR
 from direct_nextaccel.miar.miar_engine import MIAREngine, load_tokenizer_state
 from direct_nextaccel.miar.msvqvae import MSVQVAE
-from direct_nextaccel.nextaccel.aqvae_engine import NonFiniteError
+from direct_nextaccel.tokenizer_engine import NonFiniteError
 
 REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent

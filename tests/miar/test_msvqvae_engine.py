@@ -7,7 +7,7 @@ from direct.utils.events import EventStorage
 from direct_nextaccel.miar.config import MSVQVAEConfig
 from direct_nextaccel.miar.miar_engine import MSVQVAEEngine
 from direct_nextaccel.miar.msvqvae import MSVQVAE
-from direct_nextaccel.nextaccel.aqvae_engine import NonFiniteError
+from direct_nextaccel.tokenizer_engine import NonFiniteError
 
 
 @pytest.fixture

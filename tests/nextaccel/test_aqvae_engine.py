@@ -18,8 +18,9 @@ from omegaconf import OmegaConf
 from direct_nextaccel.data.fastmri_h5 import fastmri_filename, write_fastmri_h5
 from direct_nextaccel.data.simulate import simulate_volume
 from direct_nextaccel.nextaccel.aqvae import AQVAE
-from direct_nextaccel.nextaccel.aqvae_engine import LEVEL_NAMES, AQVAEEngine, NonFiniteError
+from direct_nextaccel.nextaccel.aqvae_engine import LEVEL_NAMES, AQVAEEngine
 from direct_nextaccel.nextaccel.config import AQVAEConfig
+from direct_nextaccel.tokenizer_engine import NonFiniteError
 
 REPO = Path(__file__).resolve().parents[2]
 TINY_CONFIG = REPO / "configs" / "tiny_aqvae.yaml"
