@@ -37,8 +37,9 @@ class Stage:
         Folder and benchmark row name.
     config : str
         Tiny config file name under ``configs/`` (``{family}`` is filled in).
-    iterations : int
-        Training iterations at ``--budget 1``.
+    iterations : int or None
+        Training iterations at ``--budget 1``; None for a baseline, which trains as many iterations as the whole
+        NextAccel chain (:func:`stage_iterations`), so every benchmarked method sees the same training slices.
     checkpoints : dict[str, str]
         ``model.<key>`` -> earlier stage whose final checkpoint it needs.
     benchmarked : bool
@@ -57,7 +58,7 @@ class Stage:
 
     name: str
     config: str
-    iterations: int
+    iterations: int | None
     checkpoints: dict[str, str] = field(default_factory=dict)
     benchmarked: bool = True
     engine: str | None = None
@@ -66,9 +67,13 @@ class Stage:
     predict_with: str | None = None
 
 
+#: Training batch size of every stage: with the baselines' iteration count equal to the chain's, the budget in
+#: training slices (iterations x batch) is the same for every method in the table.
+BATCH_SIZE = 2
+
 STAGES: tuple[Stage, ...] = (
-    Stage("E2EVarNet", "tiny_varnet_{family}.yaml", 60),
-    Stage("RecurrentVarNet", "tiny_recurrentvarnet_cartesian_y.yaml", 60),
+    Stage("E2EVarNet", "tiny_varnet_{family}.yaml", None),
+    Stage("RecurrentVarNet", "tiny_recurrentvarnet_cartesian_y.yaml", None),
     Stage("AQ-VAE", "tiny_aqvae.yaml", 120, benchmarked=False),
     Stage(
         "NextAccel",
@@ -148,7 +153,13 @@ def stage_config(stage: Stage, family: str, budget: float, runs: Path) -> dict:
     from direct_nextaccel.masks.nested import MASK_NAMES
 
     config = OmegaConf.load(REPO_CONFIGS / stage.config.format(family=family))
-    iterations = max(6, round(stage.iterations * budget))
+    iterations = stage_iterations(stage.name, budget)
+    config.training.batch_size = BATCH_SIZE
+    # DIRECT's step schedule keeps its shape (halvings per run); the plugin engines' schedules follow
+    # num_iterations by themselves.
+    config.training.lr_step_size = max(
+        1, round(config.training.lr_step_size * iterations / config.training.num_iterations)
+    )
     config.training.num_iterations = iterations
     config.training.checkpointer.checkpoint_steps = iterations
     config.training.validation_steps = iterations
@@ -168,7 +179,10 @@ def stage_config(stage: Stage, family: str, budget: float, runs: Path) -> dict:
 
 
 def stage_iterations(name: str, budget: float) -> int:
+    """Training iterations of stage ``name`` at ``budget`` (a baseline's: the sum over the NextAccel chain)."""
     stage = next(s for s in STAGES if s.name == name)
+    if stage.iterations is None:
+        return sum(stage_iterations(s.name, budget) for s in STAGES if s.iterations is not None)
     return max(6, round(stage.iterations * budget))
 
 

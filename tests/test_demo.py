@@ -26,7 +26,8 @@ def test_stage_config_fills_family_budget_and_earlier_checkpoints(tmp_path):
 
 
 def test_tiny_budget_keeps_directs_minimum_of_six_iterations(tmp_path):
-    config = demo.stage_config(demo.STAGES[0], "cartesian_y", 0.001, tmp_path)
+    stage = next(s for s in demo.STAGES if s.name == "AQ-VAE")
+    config = demo.stage_config(stage, "cartesian_y", 0.001, tmp_path)
     assert config["training"]["num_iterations"] == 6  # DIRECT validates and checkpoints only from iteration 5
 
 
@@ -55,3 +56,21 @@ def test_data_folder_without_files_is_refused(tmp_path, capsys):
     args = argparse.Namespace(output=tmp_path / "o", data=tmp_path, family="cartesian_y", budget=1.0, device="cpu")
     assert demo.run(args) == 2
     assert "no train .h5 files" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("budget", [0.25, 1.0, 3.0])
+def test_every_benchmarked_method_trains_on_as_many_slices_as_the_nextaccel_chain(tmp_path, budget):
+    def slices(stage):
+        training = demo.stage_config(stage, "cartesian_y", budget, tmp_path)["training"]
+        return training["num_iterations"] * training["batch_size"]
+
+    chain = sum(slices(stage) for stage in demo.STAGES if stage.iterations is not None)
+    baselines = {stage.name: slices(stage) for stage in demo.STAGES if stage.iterations is None}
+    assert baselines == {"E2EVarNet": chain, "RecurrentVarNet": chain}
+
+
+def test_baseline_step_schedule_is_stretched_with_its_budget(tmp_path):
+    stage = next(s for s in demo.STAGES if s.name == "E2EVarNet")
+    training = demo.stage_config(stage, "cartesian_y", 1.0, tmp_path)["training"]
+    # tiny config: 30 iterations, one halving after 20; the demo's 420 keep one halving, after 280
+    assert (training["num_iterations"], training["lr_step_size"]) == (420, 280)
