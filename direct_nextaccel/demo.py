@@ -155,11 +155,9 @@ def stage_config(stage: Stage, family: str, budget: float, runs: Path) -> dict:
     config = OmegaConf.load(REPO_CONFIGS / stage.config.format(family=family))
     iterations = stage_iterations(stage.name, budget)
     config.training.batch_size = BATCH_SIZE
-    # DIRECT's step schedule keeps its shape (halvings per run); the plugin engines' schedules follow
-    # num_iterations by themselves.
-    config.training.lr_step_size = max(
-        1, round(config.training.lr_step_size * iterations / config.training.num_iterations)
-    )
+    if "lr_schedule" not in config.model:  # DIRECT's step schedule keeps its shape (its halvings per run)
+        step = config.training.lr_step_size * iterations / config.training.num_iterations
+        config.training.lr_step_size = max(1, round(step))
     config.training.num_iterations = iterations
     config.training.checkpointer.checkpoint_steps = iterations
     config.training.validation_steps = iterations
