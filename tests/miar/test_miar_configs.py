@@ -19,12 +19,13 @@ from direct_nextaccel.miar.miar import MIAR
 from direct_nextaccel.miar.msvqvae import MSVQVAE
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
-TINY = [f"configs/tiny_{name}.yaml" for name in ("msvqvae", "miar", "sr_varnet", "sr_unet")]
+TINY = [f"configs/tiny_{name}.yaml" for name in ("msvqvae", "miar", "sr_varnet", "sr_recurrentvarnet", "sr_unet")]
 PROJECT = sorted(str(p.relative_to(REPO)) for p in (REPO / "projects" / "miar_brain" / "configs").rglob("*.yaml"))
 ENGINES = {
     "miar.msvqvae.MSVQVAE": "MSVQVAEEngine",
     "miar.miar.MIAR": "MIAREngine",
     "varnet.varnet.EndToEndVarNet": "EndToEndVarNetEngine",
+    "recurrentvarnet.recurrentvarnet.RecurrentVarNet": "RecurrentVarNetEngine",
     "unet.unet_2d.Unet2d": "Unet2dEngine",
 }
 
