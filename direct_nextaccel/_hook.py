@@ -1,8 +1,9 @@
 """Lazy plugin discovery for DIRECT, installed at interpreter start by ``direct_nextaccel.pth``.
 
 DIRECT 2.2 has no plugin system: it imports models from ``direct.nn.<alias>``, masks from
-``direct.common.subsample.<Name>MaskFunc`` and accepts only its own loss names. This module adds three
-entry-point groups that any installed package can use:
+``direct.common.subsample.<Name>MaskFunc``, datasets from ``direct.data.datasets.<Name>Dataset`` with their
+configuration from ``direct.data.datasets_config.<Name>Config``, and accepts only its own loss names. This module adds
+four entry-point groups that any installed package can use:
 
 ``direct.plugins``
     ``alias = "package"``: ``direct.nn.<alias>.<sub>`` *is* the module ``package.<sub>`` (same object in
@@ -10,6 +11,10 @@ entry-point groups that any installed package can use:
     ``direct.nn.<alias>.<alias>_engine``.
 ``direct.mask_functions``
     ``Name = "module:NameMaskFunc"``: usable as ``masking.name: Name``.
+``direct.datasets``
+    ``Name = "module:NameDataset"``: usable as ``training.datasets[].name: Name`` (and in validation and inference).
+    The dataset class names its configuration dataclass (a DIRECT ``DatasetConfig`` subclass, into which DIRECT merges
+    the YAML keys) in its class attribute ``config_class``, so one entry registers both.
 ``direct.losses``
     ``name = "module:function"``: usable in ``training.loss.losses`` by every :class:`MRIModelEngine`. The function
     has DIRECT's loss signature ``(source, target, reduction, reconstruction_size)``.
@@ -29,13 +34,16 @@ from types import ModuleType
 PLUGIN_GROUP = "direct.plugins"
 MASK_GROUP = "direct.mask_functions"
 LOSS_GROUP = "direct.losses"
+DATASET_GROUP = "direct.datasets"
 
 _SUBSAMPLE = "direct.common.subsample"
+_DATASETS = "direct.data.datasets"
+_DATASETS_CONFIG = "direct.data.datasets_config"
 _MRI_MODELS = "direct.nn.mri_models"
 
 
 class PluginRegistry:
-    """Entry points of the three groups, read once on first use.
+    """Entry points of the four groups, read once on first use.
 
     Attributes
     ----------
@@ -45,6 +53,8 @@ class PluginRegistry:
         Mask name (without ``MaskFunc``) -> entry point.
     losses : dict[str, importlib.metadata.EntryPoint]
         Loss name -> entry point.
+    datasets : dict[str, importlib.metadata.EntryPoint]
+        Dataset name (without ``Dataset``) -> entry point of the dataset class.
     refused : list[str]
         One line per entry that was refused (shadowing a DIRECT built-in or another plugin).
     """
@@ -54,6 +64,7 @@ class PluginRegistry:
         self.aliases: dict[str, str] = {}
         self.masks: dict = {}
         self.losses: dict = {}
+        self.datasets: dict = {}
         self.refused: list[str] = []
 
     def load(self) -> PluginRegistry:
@@ -77,6 +88,7 @@ class PluginRegistry:
         for group, table, is_builtin in (
             (MASK_GROUP, self.masks, _is_builtin_mask),
             (LOSS_GROUP, self.losses, _is_builtin_loss),
+            (DATASET_GROUP, self.datasets, _is_builtin_dataset),
         ):
             for ep in entry_points(group=group):
                 if is_builtin(ep.name):
@@ -100,6 +112,32 @@ class PluginRegistry:
         if key not in self.masks:
             raise AttributeError(name)
         return self.masks[key].load()
+
+    def dataset_class(self, name: str) -> type:
+        """Load the dataset class registered as ``name`` (``name`` may end in ``Dataset``)."""
+        self.load()
+        key = name.removesuffix("Dataset")
+        if key not in self.datasets:
+            raise AttributeError(name)
+        return self.datasets[key].load()
+
+    def dataset_config(self, name: str) -> type:
+        """The configuration dataclass of the dataset registered as ``name`` (``name`` may end in ``Config``).
+
+        Raises
+        ------
+        TypeError
+            If the dataset class has no ``config_class`` attribute.
+        """
+        self.load()
+        key = name.removesuffix("Config")
+        if key not in self.datasets:
+            raise AttributeError(name)
+        dataset = self.datasets[key].load()
+        config = getattr(dataset, "config_class", None)
+        if config is None:
+            raise TypeError(f"dataset {self.datasets[key].value!r} has no config_class attribute (its {key}Config)")
+        return config
 
 
 REGISTRY = PluginRegistry()
@@ -127,6 +165,18 @@ def _is_builtin_mask(name: str) -> bool:
         return False
     with open(os.path.join(root, "common", "subsample.py"), encoding="utf-8") as handle:
         return f"class {name.removesuffix('MaskFunc')}MaskFunc(" in handle.read()
+
+
+def _is_builtin_dataset(name: str) -> bool:
+    """Whether DIRECT defines ``<name>Dataset`` or ``<name>Config`` itself (read from disk, nothing imported)."""
+    root = _direct_root()
+    if root is None:
+        return False
+    for filename, suffix in (("datasets.py", "Dataset"), ("datasets_config.py", "Config")):
+        with open(os.path.join(root, "data", filename), encoding="utf-8") as handle:
+            if f"class {name}{suffix}(" in handle.read():
+                return True
+    return False
 
 
 def _is_builtin_loss(name: str) -> bool:
@@ -171,17 +221,16 @@ class _PatchingLoader:
 
 
 class DirectPluginFinder:
-    """Meta-path finder that resolves plugin aliases and patches two DIRECT modules after they load."""
+    """Meta-path finder that resolves plugin aliases and patches four DIRECT modules after they load."""
 
     def find_spec(self, fullname: str, path=None, target=None):
         if not fullname.startswith("direct."):
             return None
-        if fullname in (_SUBSAMPLE, _MRI_MODELS):
+        if fullname in _PATCHES:
             spec = importlib.machinery.PathFinder.find_spec(fullname, path)
             if spec is None or spec.loader is None:
                 return None
-            patch = _patch_subsample if fullname == _SUBSAMPLE else _patch_mri_models
-            spec.loader = _PatchingLoader(spec.loader, patch)
+            spec.loader = _PatchingLoader(spec.loader, _PATCHES[fullname])
             return spec
         parts = fullname.split(".")
         if len(parts) < 3 or parts[1] != "nn":
@@ -198,18 +247,33 @@ class DirectPluginFinder:
         return importlib.machinery.ModuleSpec(fullname, _AliasLoader(target_name), is_package=is_package)
 
 
-def _patch_subsample(module: ModuleType) -> None:
-    """Let ``str_to_class("direct.common.subsample", "<Name>MaskFunc")`` find plugin masks (PEP 562)."""
+def _module_getattr(module: ModuleType, suffix: str, resolve) -> None:
+    """Give ``module`` a PEP 562 ``__getattr__`` resolving missing ``<Name><suffix>`` attributes with ``resolve``."""
 
     def __getattr__(name: str):
-        if name.endswith("MaskFunc"):
+        if name.endswith(suffix):
             try:
-                return REGISTRY.mask_class(name)
+                return resolve(name)
             except AttributeError:
                 pass
         raise AttributeError(f"module {module.__name__!r} has no attribute {name!r}")
 
     module.__getattr__ = __getattr__
+
+
+def _patch_subsample(module: ModuleType) -> None:
+    """Let ``str_to_class("direct.common.subsample", "<Name>MaskFunc")`` find plugin masks."""
+    _module_getattr(module, "MaskFunc", REGISTRY.mask_class)
+
+
+def _patch_datasets(module: ModuleType) -> None:
+    """Let ``str_to_class("direct.data.datasets", "<Name>Dataset")`` find plugin datasets."""
+    _module_getattr(module, "Dataset", REGISTRY.dataset_class)
+
+
+def _patch_datasets_config(module: ModuleType) -> None:
+    """Let ``str_to_class("direct.data.datasets_config", "<Name>Config")`` find plugin dataset configurations."""
+    _module_getattr(module, "Config", REGISTRY.dataset_config)
 
 
 def _patch_mri_models(module: ModuleType) -> None:
@@ -297,6 +361,12 @@ def _find_spec(name: str):
         return None
 
 
+_PATCHES = {
+    _SUBSAMPLE: _patch_subsample,
+    _MRI_MODELS: _patch_mri_models,
+    _DATASETS: _patch_datasets,
+    _DATASETS_CONFIG: _patch_datasets_config,
+}
 _FINDER = DirectPluginFinder()
 
 
@@ -304,7 +374,6 @@ def install() -> None:
     """Put the finder first on :data:`sys.meta_path` and patch DIRECT modules that are already imported."""
     if _FINDER not in sys.meta_path:
         sys.meta_path.insert(0, _FINDER)
-    if _SUBSAMPLE in sys.modules:
-        _patch_subsample(sys.modules[_SUBSAMPLE])
-    if _MRI_MODELS in sys.modules:
-        _patch_mri_models(sys.modules[_MRI_MODELS])
+    for name, patch in _PATCHES.items():
+        if name in sys.modules:
+            patch(sys.modules[name])

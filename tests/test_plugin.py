@@ -1,4 +1,4 @@
-"""The plugin mechanism: entry-point aliases, masks and losses reach DIRECT in every kind of install."""
+"""The plugin mechanism: entry-point aliases, masks, losses and datasets reach DIRECT in every kind of install."""
 
 from __future__ import annotations
 
@@ -251,3 +251,74 @@ def test_plugin_losses_follow_training_loss_crop():
         )
         values[crop] = engine.build_loss()["ssim_magnitude_loss"](source, target, "mean", reconstruction_size).item()
     assert values["header"] < 1e-6 < values[None]
+
+
+def test_plugin_dataset_and_its_config_resolve_as_direct_looks_them_up():
+    """DIRECT finds datasets by `str_to_class("direct.data.datasets", name + "Dataset")` and their configuration by
+    `load_dataset_config(name)`; both resolve the `direct.datasets` entry of this package."""
+    from direct.environment import load_dataset_config
+    from direct.utils import str_to_class
+
+    from direct_nextaccel._hook import REGISTRY
+    from direct_nextaccel.data.reference import FastMRIReferenceConfig, FastMRIReferenceDataset
+
+    assert "FastMRIReference" in REGISTRY.load().datasets
+    assert str_to_class("direct.data.datasets", "FastMRIReferenceDataset") is FastMRIReferenceDataset
+    assert load_dataset_config("FastMRIReference") is FastMRIReferenceConfig
+    with pytest.raises(AttributeError, match="NoSuchDataset"):
+        str_to_class("direct.data.datasets", "NoSuchDataset")
+    with pytest.raises(AttributeError, match="NoSuchConfig"):
+        load_dataset_config("NoSuch")
+
+
+def test_third_party_dataset_and_refused_shadowing(tmp_path):
+    _fake_distribution(
+        tmp_path / "site",
+        """
+        [direct.datasets]
+        Mine = myplugdata:MineDataset
+        Bare = myplugdata:BareDataset
+        FastMRI = myplugdata:MineDataset
+        CalgaryCampinas = myplugdata:MineDataset
+        """,
+        {
+            "myplugdata.py": """
+            class MineConfig:
+                pass
+
+            class MineDataset:
+                config_class = MineConfig
+
+            class BareDataset:
+                pass
+            """,
+        },
+    )
+    result = run_python(
+        """
+        import warnings
+        warnings.simplefilter("always")
+        import direct.config.defaults
+        from direct.data import datasets, datasets_config
+        from direct.environment import load_dataset_config
+        import myplugdata
+        assert datasets.MineDataset is myplugdata.MineDataset
+        assert load_dataset_config("Mine") is myplugdata.MineConfig
+        assert datasets.FastMRIDataset.__module__ == "direct.data.datasets"
+        assert datasets_config.FastMRIConfig.__module__ == "direct.data.datasets_config"
+        try:
+            load_dataset_config("Bare")
+        except TypeError as error:
+            print(error)
+        from direct_nextaccel._hook import REGISTRY
+        print("\\n".join(REGISTRY.refused))
+        """,
+        cwd=tmp_path,
+        env_extra={"PYTHONPATH": str(tmp_path / "site")},
+    )
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    assert "dataset 'myplugdata:BareDataset' has no config_class attribute (its BareConfig)" in out
+    assert "direct.datasets name 'FastMRI' of 'myplugdata:MineDataset' would shadow a DIRECT built-in" in out
+    assert "direct.datasets name 'CalgaryCampinas' of 'myplugdata:MineDataset' would shadow a DIRECT built-in" in out
+    assert "refused plugin entry" in result.stderr
