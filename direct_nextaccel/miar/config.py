@@ -54,6 +54,9 @@ class MIARConfig(_TokenizerShape):
     use_rope: bool = True
     rope_base: float = 10000.0
     qk_norm: bool = False
+    # Multi-contrast SR (paper section 4.1.1): the LR encoder also sees the fully sampled reference contrast's image,
+    # the batch's reference_image (dataset FastMRIReference), through extra input channels that start at zero.
+    reference_contrast: bool = False
 
     # Engine: the trained MSVQ-VAE (a DIRECT checkpoint, model_<N>.pt of its run), loaded when training starts.
     tokenizer_checkpoint: str | None = None

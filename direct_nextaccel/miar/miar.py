@@ -16,6 +16,12 @@ Low-resolution control (section 3.2)
     goes through a trainable copy of the MSVQ-VAE encoder, initialised from the tokenizer's (:meth:`load_tokenizer`):
     its latent (C_lr = latent_dim = 32 channels on the finest token grid) is the cross-attention context.
 
+Multi-contrast control (section 4.1.1, ``reference_contrast=True``)
+    The fully sampled image of another contrast of the same slice (T1 guiding T2), a magnitude normalised by its own
+    maximum, is one more input channel of the LR encoder. Its first convolution's weights for that channel start at
+    zero (also when loaded from the tokenizer), so the model starts as exactly the single-contrast one and learns how
+    much of the reference to use.
+
 Positions
     RoPE is relative and lives in self-attention only (the shared cross-attention has no rotary hook), so queries
     would not know which LR features are theirs. Token inputs and context tokens therefore also carry a learned
@@ -91,6 +97,8 @@ class MIAR(nn.Module):
         RoPE frequency base.
     qk_norm : bool
         Cosine self-attention (VAR); off by default (not in the paper).
+    reference_contrast : bool
+        Condition the LR encoder also on a reference contrast's image (one extra, zero-initialised input channel).
     in_channels, base_channels, channel_multipliers, num_res_blocks, latent_dim, codebook_size, scales, quant_resi,
     num_phi, image_size
         The MSVQ-VAE's shape: the model holds a frozen tokenizer of that shape (loaded with :meth:`load_tokenizer`)
@@ -109,6 +117,7 @@ class MIAR(nn.Module):
         use_rope: bool = True,
         rope_base: float = 10000.0,
         qk_norm: bool = False,
+        reference_contrast: bool = False,
         in_channels: int = 2,
         base_channels: int = 160,
         channel_multipliers: Sequence[int] = (1, 1, 2, 4),
@@ -150,8 +159,9 @@ class MIAR(nn.Module):
         )
         self.tokenizer.requires_grad_(False)
         self.tokenizer.eval()
+        self.reference_contrast = reference_contrast
         self.context_encoder = Encoder(
-            in_channels=in_channels,
+            in_channels=in_channels + int(reference_contrast),
             base_channels=base_channels,
             channel_multipliers=channel_multipliers,
             num_res_blocks=num_res_blocks,
@@ -159,6 +169,8 @@ class MIAR(nn.Module):
             num_labels=(1,),
             feature_strides=(),
         )
+        with torch.no_grad():
+            self.context_encoder.conv_in.weight[:, in_channels:].zero_()
         self.scales = self.tokenizer.scales
         self.num_scales = self.tokenizer.num_scales
         self.lengths = self.tokenizer.token_lengths
@@ -226,7 +238,11 @@ class MIAR(nn.Module):
             if key not in own:
                 raise ValueError(f"unexpected key '{key}' for the MSVQ-VAE tokenizer")
         self.tokenizer.load_state_dict(state_dict)
-        self.context_encoder.load_state_dict(self.tokenizer.encoder.state_dict())
+        encoder_state = self.tokenizer.encoder.state_dict()
+        if self.reference_contrast:
+            weight = encoder_state["conv_in.weight"]  # base, in_channels, 3, 3
+            encoder_state["conv_in.weight"] = torch.cat([weight, weight.new_zeros(weight.shape[0], 1, 3, 3)], dim=1)
+        self.context_encoder.load_state_dict(encoder_state)
 
     # Inputs ---------------------------------------------------------------------------------------------------------
 
@@ -245,11 +261,36 @@ class MIAR(nn.Module):
             if tuple(idx.shape) != (batch, side, side):
                 raise ValueError(f"tokens[{k}] must have shape ({batch}, {side}, {side}), got {tuple(idx.shape)}")
 
-    def context(self, lr_image: Tensor) -> list[ContextKV]:
-        """Cross-attention keys/values of every block from the LR image (B, in_channels, H, W), computed once."""
-        self._check_image(lr_image)
+    def _encoder_input(self, lr_image: Tensor, reference_image: Tensor | None) -> Tensor:
+        """The LR image, and with ``reference_contrast`` the reference normalised by its maximum as one more channel."""
+        batch = self._check_image(lr_image)
+        if not self.reference_contrast:
+            if reference_image is not None:
+                raise ValueError("reference_image was given to a MIAR built with reference_contrast=False")
+            return lr_image
+        expected = (batch, *self.image_size)
+        if reference_image is None:
+            raise ValueError("this MIAR is built with reference_contrast=True and needs reference_image")
+        if tuple(reference_image.shape) != expected:
+            raise ValueError(
+                f"reference_image must have shape ({', '.join(map(str, expected))}), got {tuple(reference_image.shape)}"
+            )
+        peak = reference_image.abs().amax(dim=(1, 2), keepdim=True).clamp_min(torch.finfo(reference_image.dtype).tiny)
+        return torch.cat([lr_image, (reference_image / peak)[:, None].to(lr_image.dtype)], dim=1)  # B, in + 1, H, W
+
+    def context(self, lr_image: Tensor, reference_image: Tensor | None = None) -> list[ContextKV]:
+        """Cross-attention keys/values of every block, computed once.
+
+        Parameters
+        ----------
+        lr_image : Tensor
+            (B, in_channels, H, W).
+        reference_image : Tensor, optional
+            Reference contrast's magnitude (B, H, W) at any scale; required exactly when ``reference_contrast``.
+        """
+        encoder_input = self._encoder_input(lr_image, reference_image)
         labels = (torch.zeros(lr_image.shape[0], dtype=torch.long, device=lr_image.device),)
-        features = self.context_encoder(lr_image, labels)  # B, D, h, w
+        features = self.context_encoder(encoder_input, labels)  # B, D, h, w
         tokens = self.context_proj(self.context_norm(features.flatten(2).transpose(1, 2))) + self.context_pos
         return [block.precompute_context(tokens) for block in self.blocks]
 
@@ -269,7 +310,9 @@ class MIAR(nn.Module):
 
     # Training -------------------------------------------------------------------------------------------------------
 
-    def forward(self, lr_image: Tensor, tokens: Sequence[Tensor]) -> list[Tensor]:
+    def forward(
+        self, lr_image: Tensor, tokens: Sequence[Tensor], reference_image: Tensor | None = None
+    ) -> list[Tensor]:
         """Teacher-forced logits of every scale in one block-causal pass.
 
         Parameters
@@ -279,6 +322,8 @@ class MIAR(nn.Module):
         tokens : Sequence[Tensor]
             The HR image's token maps from the tokenizer (:meth:`MSVQVAE.tokenize`), long (B, s_k, s_k). The last is
             only a target.
+        reference_image : Tensor, optional
+            Reference contrast (B, H, W), with ``reference_contrast`` only.
 
         Returns
         -------
@@ -287,7 +332,7 @@ class MIAR(nn.Module):
         """
         batch = self._check_image(lr_image)
         self._check_tokens(tokens, batch)
-        return self._teacher_forced_logits(tokens[:-1], self.context(lr_image), batch)
+        return self._teacher_forced_logits(tokens[:-1], self.context(lr_image, reference_image), batch)
 
     def _teacher_forced_logits(self, known: Sequence[Tensor], context_kv: list[ContextKV], batch: int) -> list[Tensor]:
         """Logits of scales ``0..len(known)`` given the tokens of scales ``0..len(known)-1``."""
@@ -336,6 +381,7 @@ class MIAR(nn.Module):
         temperature: float = 1.0,
         generator: torch.Generator | None = None,
         use_cache: bool = True,
+        reference_image: Tensor | None = None,
     ) -> list[Tensor]:
         """Generate all scales' tokens for LR images, one scale per step.
 
@@ -351,6 +397,8 @@ class MIAR(nn.Module):
             Sampling settings of the sampling modes.
         use_cache : bool
             Per-block KV caches (default); False recomputes every known scale with the mask at each step.
+        reference_image : Tensor, optional
+            Reference contrast (B, H, W), with ``reference_contrast`` only.
 
         Returns
         -------
@@ -359,7 +407,7 @@ class MIAR(nn.Module):
         """
         check_decoding(mode, beam_k, beam_alpha, top_k, top_p, temperature)
         batch = self._check_image(lr_image)
-        context_kv = self.context(lr_image)
+        context_kv = self.context(lr_image, reference_image)
         step: StepFn
         if use_cache:
             f_hat = lr_image.new_zeros(batch, self.tokenizer.quantizer.dim, *self.tokenizer.latent_hw)
@@ -374,9 +422,9 @@ class MIAR(nn.Module):
         return [t.view(batch, s, s) for t, s in zip(generated, self.scales, strict=True)]
 
     @torch.no_grad()
-    def super_resolve(self, lr_image: Tensor, **decoding: Any) -> Tensor:
+    def super_resolve(self, lr_image: Tensor, reference_image: Tensor | None = None, **decoding: Any) -> Tensor:
         """HR image (B, in_channels, H, W) decoded by the tokenizer from :meth:`generate`'s tokens."""
-        return self.tokenizer.decode_indices(self.generate(lr_image, **decoding))
+        return self.tokenizer.decode_indices(self.generate(lr_image, reference_image=reference_image, **decoding))
 
 
 def token_cross_entropy(logits: Sequence[Tensor], tokens: Sequence[Tensor]) -> tuple[Tensor, Tensor]:

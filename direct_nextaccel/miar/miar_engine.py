@@ -6,6 +6,10 @@ image of DIRECT's ``SuperResolution`` mask (optionally blurred in k-space), and 
 scale's tokens. Validation and ``direct predict`` generate the tokens from the LR input alone with the configured
 decoding (``model.decoding``: argmax, multinomial, top_k_top_p or MIAR's beam search with ``beam_k`` in 1..3) and
 decode them with the tokenizer.
+
+With ``model.reference_contrast`` (multi-contrast SR, T1 guiding T2) the batch's ``reference_image`` (B, H, W), the
+fully sampled image of the reference contrast that the ``FastMRIReference`` dataset attaches at DIRECT's matrix, is
+centre-cropped or zero-padded to the model size like the LR input and conditions the LR encoder.
 """
 
 from __future__ import annotations
@@ -117,7 +121,7 @@ class MIAREngine(MRIModelEngine):
 
     def forward_function(self, data: dict[str, Any]) -> tuple[torch.Tensor, None]:
         """DIRECT's hook: the super-resolved image (B, H, W, 2) decoded as configured."""
-        return self._super_resolve(data, self._lr_image(data)), None
+        return self._super_resolve(data, self._lr_image(data), self._reference_image(data)), None
 
     def _lr_image(self, data: dict[str, Any]) -> torch.Tensor:
         """LR input (B, 2, h, w) at the model size."""
@@ -130,30 +134,46 @@ class MIAREngine(MRIModelEngine):
         )
         return center_crop_or_pad(image, self.miar.image_size)
 
-    def _super_resolve(self, data: dict[str, Any], lr_image: torch.Tensor) -> torch.Tensor:
-        image = self.miar.super_resolve(lr_image, **self.decoding)  # B, 2, h, w
+    def _reference_image(self, data: dict[str, Any]) -> torch.Tensor | None:
+        """The reference contrast (B, h, w) at the model size when ``model.reference_contrast``, else None."""
+        if not self.cfg.model.reference_contrast:
+            return None
+        if "reference_image" not in data:
+            raise ValueError(
+                "model.reference_contrast is on but the batch has no 'reference_image': use the dataset "
+                "`name: FastMRIReference` (direct_nextaccel.data.reference) for training, validation and inference"
+            )
+        return center_crop_or_pad(data["reference_image"], self.miar.image_size)
+
+    def _super_resolve(
+        self, data: dict[str, Any], lr_image: torch.Tensor, reference_image: torch.Tensor | None
+    ) -> torch.Tensor:
+        image = self.miar.super_resolve(lr_image, reference_image, **self.decoding)  # B, 2, h, w
         return center_crop_or_pad(image, tuple(data["masked_kspace"].shape[2:4])).permute(0, 2, 3, 1)
 
-    def _teacher_forced(self, data: dict[str, Any], lr_image: torch.Tensor) -> dict[str, torch.Tensor]:
+    def _teacher_forced(
+        self, data: dict[str, Any], lr_image: torch.Tensor, reference_image: torch.Tensor | None
+    ) -> dict[str, torch.Tensor]:
         kspace = require_kspace(data, "MIAREngine")
         hr_image = coil_combined(kspace, data["sensitivity_map"], self.backward_operator)
         tokens, _ = self.miar.tokenizer.tokenize(center_crop_or_pad(hr_image, self.miar.image_size))
-        loss, accuracy = token_cross_entropy(self.model(lr_image, tokens), tokens)
+        loss, accuracy = token_cross_entropy(self.model(lr_image, tokens, reference_image), tokens)
         return {"token_cross_entropy": loss, "token_accuracy": accuracy}
 
     def _do_iteration(self, data, loss_fns=None, regularizer_fns=None) -> DoIterationOutput:
         data = dict_to_device(data, self.device)
-        present = ("masked_kspace", "kspace", "sensitivity_map")
+        present = ("masked_kspace", "kspace", "sensitivity_map", "reference_image")
         check_finite({name: data[name] for name in present if name in data}, data)
         training = self.model.training
         output_image = None
         with autocast("cuda", enabled=self.mixed_precision):
             data["sensitivity_map"] = self.compute_sensitivity_map(data["sensitivity_map"])
-            lr_image = self._lr_image(data)
+            lr_image, reference_image = self._lr_image(data), self._reference_image(data)
             # Validation scores the teacher-forced loss too when the HR k-space is there; prediction usually has none.
-            outputs = self._teacher_forced(data, lr_image) if training or "kspace" in data else {}
+            outputs = self._teacher_forced(data, lr_image, reference_image) if training or "kspace" in data else {}
             if not training:
-                output_image = torch.linalg.vector_norm(self._super_resolve(data, lr_image), dim=-1)  # B, H, W
+                output_image = self._super_resolve(data, lr_image, reference_image)
+                output_image = torch.linalg.vector_norm(output_image, dim=-1)  # B, H, W
                 check_finite({"reconstruction": output_image}, data)
                 outputs["output_image"] = output_image
             # DIRECT skips a loss whose source is missing: predicting without the HR k-space scores nothing.

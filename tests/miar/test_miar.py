@@ -153,3 +153,57 @@ def test_tokenizer_of_another_shape_is_refused(model):
     other = MSVQVAE(**{**TOKENIZER, "codebook_size": 16})
     with pytest.raises(ValueError, match=r"key 'quantizer.codebook' has shape \(16, 8\), .* needs \(32, 8\)"):
         model.load_tokenizer(other.state_dict())
+
+
+# Multi-contrast conditioning (reference_contrast) -------------------------------------------------------------------
+
+
+def test_reference_contrast_starts_as_the_single_contrast_model(model, trained_tokenizer, batch):
+    """Loaded from the same tokenizer and sharing the transformer, the T1-guided model's logits and decoded tokens
+    equal the single-contrast model's for any reference, because the reference channel's weights start at zero."""
+    guided = MIAR(**TRANSFORMER, **TOKENIZER, reference_contrast=True)
+    guided.load_tokenizer(trained_tokenizer.state_dict())
+    shared = {k: v for k, v in model.state_dict().items() if not k.startswith("context_encoder.")}
+    guided.load_state_dict(shared, strict=False)
+    guided.eval()
+    weight = guided.context_encoder.conv_in.weight  # base, 3, 3, 3
+    assert torch.equal(weight[:, :2], trained_tokenizer.encoder.conv_in.weight)
+    assert torch.equal(weight[:, 2:], torch.zeros_like(weight[:, 2:]))
+    lr, tokens = batch
+    reference = torch.rand(2, 32, 32) * 50
+    with torch.no_grad():
+        for single, multi in zip(model(lr, tokens), guided(lr, tokens, reference), strict=True):
+            torch.testing.assert_close(multi, single, rtol=0, atol=1e-6)  # exact on CPU; summation order may vary
+        single_tokens = model.generate(lr, mode="argmax")
+        guided_tokens = guided.generate(lr, mode="argmax", reference_image=reference)
+    assert all(torch.equal(a, b) for a, b in zip(single_tokens, guided_tokens, strict=True))
+
+
+def test_reference_contrast_reaches_the_encoder_once_trained(trained_tokenizer, batch):
+    guided = MIAR(**TRANSFORMER, **TOKENIZER, reference_contrast=True)
+    guided.load_tokenizer(trained_tokenizer.state_dict())
+    guided.train()
+    lr, tokens = batch
+    loss, _ = token_cross_entropy(guided(lr, tokens, torch.rand(2, 32, 32)), tokens)
+    loss.backward()
+    assert guided.context_encoder.conv_in.weight.grad[:, 2].abs().sum() > 0  # the zero weights do learn
+    with torch.no_grad():
+        guided.context_encoder.conv_in.weight[:, 2].fill_(0.1)
+        guided.eval()
+        first = guided(lr, tokens, torch.rand(2, 32, 32))[-1]
+        second = guided(lr, tokens, torch.rand(2, 32, 32))[-1]
+        scaled = guided(lr, tokens, 7.0 * torch.ones(2, 32, 32))[-1]
+        unit = guided(lr, tokens, torch.ones(2, 32, 32))[-1]
+    assert not torch.allclose(first, second)
+    torch.testing.assert_close(scaled, unit)  # normalised by its own maximum
+
+
+def test_reference_contrast_input_errors(model, trained_tokenizer, batch):
+    lr, tokens = batch
+    guided = MIAR(**TRANSFORMER, **TOKENIZER, reference_contrast=True)
+    with pytest.raises(ValueError, match=r"reference_contrast=True and needs reference_image"):
+        guided(lr, tokens)
+    with pytest.raises(ValueError, match=r"reference_image must have shape \(2, 32, 32\), got \(2, 1, 32, 32\)"):
+        guided(lr, tokens, torch.rand(2, 1, 32, 32))
+    with pytest.raises(ValueError, match=r"reference_image was given to a MIAR built with reference_contrast=False"):
+        model(lr, tokens, torch.rand(2, 32, 32))
