@@ -19,7 +19,10 @@ from direct_nextaccel.miar.miar import MIAR
 from direct_nextaccel.miar.msvqvae import MSVQVAE
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
-TINY = [f"configs/tiny_{name}.yaml" for name in ("msvqvae", "miar", "sr_varnet", "sr_recurrentvarnet", "sr_unet")]
+TINY = [
+    f"configs/tiny_{name}.yaml"
+    for name in ("msvqvae", "miar", "miar_t1t2", "sr_varnet", "sr_recurrentvarnet", "sr_unet")
+]
 PROJECT = sorted(str(p.relative_to(REPO)) for p in (REPO / "projects" / "miar_brain" / "configs").rglob("*.yaml"))
 ENGINES = {
     "miar.msvqvae.MSVQVAE": "MSVQVAEEngine",
@@ -32,12 +35,14 @@ ENGINES = {
 
 @pytest.fixture(scope="module")
 def fastmri_root(tmp_path_factory) -> pathlib.Path:
-    """One volume of one slice of a 2-coil ellipse in the fastMRI layout."""
+    """One subject's T2 and T1 volumes (the T1 guides T2 in the multi-contrast config): one slice of a 2-coil
+    ellipse in the fastMRI layout."""
     y, x = np.mgrid[-1:1:64j, -1:1:64j]
     image = (x**2 / 0.6 + y**2 / 0.8 < 1) * (1.0 + 0.1 * np.sin(20 * x))
     coils = np.stack([np.exp(-((x - np.cos(a)) ** 2 + (y - np.sin(a)) ** 2)) for a in range(2)])
     root = tmp_path_factory.mktemp("fastmri")
     write_fastmri_h5(root / "file_brain_AXT2_000.h5", centered_fft2((image * coils)[None]), "AXT2")
+    write_fastmri_h5(root / "file_brain_AXT1_000.h5", centered_fft2((image[::-1] * coils)[None]), "AXT1")
     return root
 
 
@@ -51,7 +56,14 @@ def direct_env(request, tmp_path, monkeypatch):
 
 def test_project_has_miar_tokenizer_and_baselines():
     names = {pathlib.Path(p).name for p in PROJECT}
-    assert {"msvqvae.yaml", "miar.yaml", "varnet_sr4.yaml", "recurrentvarnet_sr4.yaml", "unet_sr4.yaml"} <= names
+    assert {
+        "msvqvae.yaml",
+        "miar.yaml",
+        "miar_t1t2.yaml",
+        "varnet_sr4.yaml",
+        "recurrentvarnet_sr4.yaml",
+        "unet_sr4.yaml",
+    } <= names
 
 
 @pytest.mark.parametrize("direct_env", TINY, indirect=True, ids=TINY)
@@ -69,6 +81,9 @@ def test_tiny_config_builds_as_direct_train_does(direct_env, fastmri_root):
         mask = sample["sampling_mask"][0, :, :, 0].numpy()
         assert np.array_equal(mask, superresolution_mask((64, 64), 4))
         assert sample["acceleration"].item() == 16
+        if dataset_cfg.name == "FastMRIReference":
+            assert pathlib.Path(sample["filename"]).name == "file_brain_AXT2_000.h5"
+            assert sample["reference_image"].shape == (64, 64) and cfg.model.reference_contrast
 
 
 @pytest.mark.parametrize("path", [p for p in TINY + PROJECT if "miar" in OmegaConf.load(REPO / p).model.model_name])
@@ -82,7 +97,8 @@ def test_miar_configs_build_their_model(path):
         model = model_class(**{k: tuple(v) if OmegaConf.is_list(v) else v for k, v in keys.items()})
     if "projects" in path:
         trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-        assert trainable == {"MSVQVAE": 97_752_642, "MIAR": 114_377_312}[type(model).__name__]
+        expected = {"msvqvae.yaml": 97_752_642, "miar.yaml": 114_377_312, "miar_t1t2.yaml": 114_378_752}
+        assert trainable == expected[pathlib.Path(path).name]  # T1 -> T2: 160 x 3 x 3 weights of the T1 channel
 
 
 def test_miar_configs_repeat_their_tokenizer_shape():
@@ -91,6 +107,8 @@ def test_miar_configs_repeat_their_tokenizer_shape():
     for tokenizer, miar in (
         ("configs/tiny_msvqvae.yaml", "configs/tiny_miar.yaml"),
         ("projects/miar_brain/configs/msvqvae.yaml", "projects/miar_brain/configs/miar.yaml"),
+        ("configs/tiny_msvqvae.yaml", "configs/tiny_miar_t1t2.yaml"),
+        ("projects/miar_brain/configs/msvqvae.yaml", "projects/miar_brain/configs/miar_t1t2.yaml"),
     ):
         a = OmegaConf.merge(OmegaConf.structured(MSVQVAEConfig), OmegaConf.load(REPO / tokenizer).model)
         b = OmegaConf.merge(OmegaConf.structured(MIARConfig), OmegaConf.load(REPO / miar).model)
