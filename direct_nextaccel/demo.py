@@ -3,7 +3,9 @@
 Stages run DIRECT's own ``direct train`` on the tiny configs in ``configs/`` (copied into the demo folder with the
 mask family, iteration budget and earlier stages' checkpoints filled in), then ``direct-nextaccel benchmark``
 reconstructs the held-out data with every trained model. A rerun reuses every stage whose final checkpoint and
-configuration are unchanged, so an interrupted demo resumes where it stopped.
+configuration are unchanged, so an interrupted demo resumes where it stopped. ``--task superresolution`` runs
+MIAR's chain (MSVQ-VAE, MIAR decoded with argmax and beam k = 1, 2, 3) against DIRECT's baselines on the 4 x 4
+super-resolution task instead. In both tasks every baseline trains on as many slices as the whole chain.
 """
 
 from __future__ import annotations
@@ -54,6 +56,9 @@ class Stage:
     predict_with : str, optional
         Earlier stage whose config reconstructs with this stage's checkpoint (a distilled student is used exactly
         like its base model).
+    variants : dict[str, dict], optional
+        Benchmark rows ``<name>-<variant>`` that predict with the same checkpoint and these ``model`` keys changed
+        (decoding modes); None benchmarks the training config as it is.
     """
 
     name: str
@@ -65,6 +70,7 @@ class Stage:
     model_overrides: Callable[[str], dict] | None = None
     start_from: str | None = None
     predict_with: str | None = None
+    variants: dict[str, dict] | None = None
 
 
 #: Training batch size of every stage: with the baselines' iteration count equal to the chain's, the budget in
@@ -103,6 +109,29 @@ STAGES: tuple[Stage, ...] = (
         predict_with="NextAccel",
     ),
 )
+
+#: MIAR's 4 x 4 super-resolution (the SuperResolution mask of every config) against DIRECT's baselines on the same
+#: task; the MIAR chain is tokenizer + transformer, decoded with argmax and beam search k = 1, 2, 3.
+SR_STAGES: tuple[Stage, ...] = (
+    Stage("E2EVarNet", "tiny_sr_varnet.yaml", None),
+    Stage("RecurrentVarNet", "tiny_sr_recurrentvarnet.yaml", None),
+    Stage("U-Net", "tiny_sr_unet.yaml", None),
+    Stage("MSVQ-VAE", "tiny_msvqvae.yaml", 120, benchmarked=False),
+    Stage(
+        "MIAR",
+        "tiny_miar.yaml",
+        120,
+        {"tokenizer_checkpoint": "MSVQ-VAE"},
+        variants={
+            "argmax": {"decoding": "argmax"},
+            "beam1": {"decoding": "beam", "beam_k": 1},
+            "beam2": {"decoding": "beam", "beam_k": 2},
+            "beam3": {"decoding": "beam", "beam_k": 3},
+        },
+    ),
+)
+
+TASKS: dict[str, tuple[Stage, ...]] = {"reconstruction": STAGES, "superresolution": SR_STAGES}
 
 
 def stage_available(stage: Stage) -> str | None:
@@ -146,14 +175,17 @@ def write_phantoms(output: Path, *, slices: int, size: int, coils: int, seed: in
     return written
 
 
-def stage_config(stage: Stage, family: str, budget: float, runs: Path) -> dict:
-    """The tiny config of ``stage`` with the demo's family, budget and earlier checkpoints filled in."""
+def stage_config(stage: Stage, family: str, budget: float, runs: Path, stages: tuple[Stage, ...] = STAGES) -> dict:
+    """The tiny config of ``stage`` (one of ``stages``) with the demo's family, budget and earlier checkpoints.
+
+    The mask family applies to the R = 32 reconstruction stages; the super-resolution configs keep their mask.
+    """
     from omegaconf import OmegaConf
 
     from direct_nextaccel.masks.nested import MASK_NAMES
 
     config = OmegaConf.load(REPO_CONFIGS / stage.config.format(family=family))
-    iterations = stage_iterations(stage.name, budget)
+    iterations = stage_iterations(stage.name, budget, stages)
     config.training.batch_size = BATCH_SIZE
     if "lr_schedule" not in config.model:  # DIRECT's step schedule keeps its shape (its halvings per run)
         step = config.training.lr_step_size * iterations / config.training.num_iterations
@@ -163,24 +195,25 @@ def stage_config(stage: Stage, family: str, budget: float, runs: Path) -> dict:
     config.training.validation_steps = iterations
     config.logging.log_interval = max(1, iterations // 20)
     datasets = [*config.training.datasets, *config.validation.datasets, config.inference.dataset]
-    for dataset in datasets:
-        dataset.transforms.masking.name = MASK_NAMES[family]
+    if stages is STAGES:
+        for dataset in datasets:
+            dataset.transforms.masking.name = MASK_NAMES[family]
     if stage.model_overrides:
         for key, value in stage.model_overrides(family).items():
             config.model[key] = value
     for key, dependency in stage.checkpoints.items():
-        config.model[key] = str(final_checkpoint(runs / dependency, stage_iterations(dependency, budget)))
+        config.model[key] = str(final_checkpoint(runs / dependency, stage_iterations(dependency, budget, stages)))
     if stage.start_from:
-        start = final_checkpoint(runs / stage.start_from, stage_iterations(stage.start_from, budget))
+        start = final_checkpoint(runs / stage.start_from, stage_iterations(stage.start_from, budget, stages))
         config.training.model_checkpoint = str(start)
     return OmegaConf.to_container(config)
 
 
-def stage_iterations(name: str, budget: float) -> int:
-    """Training iterations of stage ``name`` at ``budget`` (a baseline's: the sum over the NextAccel chain)."""
-    stage = next(s for s in STAGES if s.name == name)
+def stage_iterations(name: str, budget: float, stages: tuple[Stage, ...] = STAGES) -> int:
+    """Training iterations of stage ``name`` at ``budget`` (a baseline's: the sum over the chain of ``stages``)."""
+    stage = next(s for s in stages if s.name == name)
     if stage.iterations is None:
-        return sum(stage_iterations(s.name, budget) for s in STAGES if s.iterations is not None)
+        return sum(stage_iterations(s.name, budget, stages) for s in stages if s.iterations is not None)
     return max(6, round(stage.iterations * budget))
 
 
@@ -240,6 +273,18 @@ def train_stage(stage: Stage, config: dict, data: dict[str, Path], runs: Path, d
     return checkpoint
 
 
+def write_variant(config_path: Path, variant: str, overrides: dict) -> Path:
+    """Write ``config_path`` with ``model`` keys ``overrides`` next to it as ``demo_predict_<variant>.yaml``."""
+    from omegaconf import OmegaConf
+
+    config = OmegaConf.load(config_path)
+    for key, value in overrides.items():
+        config.model[key] = value
+    path = config_path.with_name(f"demo_predict_{variant}.yaml")
+    OmegaConf.save(config, path)
+    return path
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of ``direct-nextaccel demo``."""
     parser.add_argument("--output", type=Path, default=Path("demo"), help="demo folder (reused when rerun)")
@@ -248,7 +293,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=Path,
         help="fastMRI-layout data with train/ and val/ subfolders (default: DIRECT's Shepp-Logan phantoms)",
     )
-    parser.add_argument("--family", choices=FAMILY_CHOICES, default="cartesian_y", help="mask family at R = 32")
+    parser.add_argument(
+        "--task",
+        choices=tuple(TASKS),
+        default="reconstruction",
+        help="reconstruction: NextAccel's stages at R = 32; superresolution: MIAR's 4 x 4 k-space-centre task",
+    )
+    parser.add_argument(
+        "--family", choices=FAMILY_CHOICES, default="cartesian_y", help="mask family at R = 32 (reconstruction)"
+    )
     parser.add_argument("--budget", type=float, default=1.0, help="scales every stage's training iterations")
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
 
@@ -278,16 +331,23 @@ def run(args: argparse.Namespace) -> int:
     methods = []
     from direct_nextaccel.benchmark.quality import FigureRequest, Method, run_benchmark
 
-    for stage in STAGES:
+    stages = TASKS[args.task]
+    family = args.family if stages is STAGES else None  # super-resolution: the configs' own mask
+    for stage in stages:
         missing = stage_available(stage)
         if missing:
             print(f"{stage.name}: skipped ({missing})")
             continue
-        config = stage_config(stage, args.family, args.budget, runs)
+        config = stage_config(stage, args.family, args.budget, runs, stages)
         checkpoint = train_stage(stage, config, data, runs, args.device)
-        if stage.benchmarked:
-            config_path = runs / (stage.predict_with or stage.name) / "demo_config.yaml"
-            methods.append(Method(stage.name, args.family, run=f"{config_path}:{checkpoint}"))
+        if not stage.benchmarked:
+            continue
+        config_path = runs / (stage.predict_with or stage.name) / "demo_config.yaml"
+        if stage.variants is None:
+            methods.append(Method(stage.name, family, run=f"{config_path}:{checkpoint}"))
+        for variant, overrides in (stage.variants or {}).items():
+            variant_path = write_variant(config_path, variant, overrides)
+            methods.append(Method(f"{stage.name}-{variant}", family, run=f"{variant_path}:{checkpoint}"))
 
     result = run_benchmark(
         data["val"], methods, output / "benchmark", family=args.family, device=args.device, figure=FigureRequest()

@@ -47,13 +47,17 @@ def test_phantoms_are_fastmri_layout_t1_and_t2(tmp_path):
 
 @pytest.mark.parametrize("budget", [0.0, -1.0])
 def test_bad_budget_is_a_one_line_error(tmp_path, capsys, budget):
-    args = argparse.Namespace(output=tmp_path, data=None, family="cartesian_y", budget=budget, device="cpu")
+    args = argparse.Namespace(
+        output=tmp_path, data=None, task="reconstruction", family="cartesian_y", budget=budget, device="cpu"
+    )
     assert demo.run(args) == 2
     assert f"--budget {budget}" in capsys.readouterr().err
 
 
 def test_data_folder_without_files_is_refused(tmp_path, capsys):
-    args = argparse.Namespace(output=tmp_path / "o", data=tmp_path, family="cartesian_y", budget=1.0, device="cpu")
+    args = argparse.Namespace(
+        output=tmp_path / "o", data=tmp_path, task="reconstruction", family="cartesian_y", budget=1.0, device="cpu"
+    )
     assert demo.run(args) == 2
     assert "no train .h5 files" in capsys.readouterr().err
 
@@ -74,3 +78,28 @@ def test_baseline_step_schedule_is_stretched_with_its_budget(tmp_path):
     training = demo.stage_config(stage, "cartesian_y", 1.0, tmp_path)["training"]
     # tiny config: 30 iterations, one halving after 20; the demo's 420 keep one halving, after 280
     assert (training["num_iterations"], training["lr_step_size"]) == (420, 280)
+
+
+def test_superresolution_chain_keeps_its_mask_and_feeds_the_tokenizer_to_miar(tmp_path):
+    stage = next(s for s in demo.SR_STAGES if s.name == "MIAR")
+    config = demo.stage_config(stage, "radial", 1.0, tmp_path, demo.SR_STAGES)
+    datasets = [*config["training"]["datasets"], *config["validation"]["datasets"], config["inference"]["dataset"]]
+    assert {d["transforms"]["masking"]["name"] for d in datasets} == {"SuperResolution"}
+    assert config["model"]["tokenizer_checkpoint"] == str(tmp_path / "MSVQ-VAE" / "model_119.pt")
+    baselines = {
+        s.name: demo.stage_iterations(s.name, 1.0, demo.SR_STAGES) for s in demo.SR_STAGES if s.iterations is None
+    }
+    assert baselines == {"E2EVarNet": 240, "RecurrentVarNet": 240, "U-Net": 240}
+
+
+def test_decoding_variant_changes_only_the_model_keys(tmp_path):
+    from omegaconf import OmegaConf
+
+    base = tmp_path / "demo_config.yaml"
+    OmegaConf.save(OmegaConf.create({"model": {"decoding": "argmax", "beam_k": 1}, "training": {"lr": 0.1}}), base)
+    path = demo.write_variant(base, "beam3", {"decoding": "beam", "beam_k": 3})
+    assert path.name == "demo_predict_beam3.yaml"
+    assert OmegaConf.to_container(OmegaConf.load(path)) == {
+        "model": {"decoding": "beam", "beam_k": 3},
+        "training": {"lr": 0.1},
+    }
