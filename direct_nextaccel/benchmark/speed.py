@@ -1,9 +1,12 @@
-"""Inference speed of NextAccel next to DIRECT's E2EVarNet and RecurrentVarNet, one run on one device (issue 4).
+"""Inference speed of the autoregressive methods next to DIRECT's baselines, one run on one device (issues 4 and 7).
 
-Every method reconstructs the same synthetic batch of the form DIRECT's fastMRI transforms hand to an engine:
-masked k-space (B, C, H, W, 2) under a ``NestedCartesianY`` R = 32 mask, the mask (B, 1, H, W, 1) and the RSS
-sensitivity estimate (B, C, H, W, 2). The timed region runs from that batch to the magnitude image (B, H, W); data
-loading, the transforms and writing are outside it, as they are the same for every method.
+Two tasks (``--task``), each with its own methods, configs and batch; within a task every method reconstructs the
+same synthetic batch of the form DIRECT's fastMRI transforms hand to an engine: masked k-space (B, C, H, W, 2), the
+mask (B, 1, H, W, 1) and the RSS sensitivity estimate (B, C, H, W, 2). The timed region runs from that batch to the
+magnitude image (B, H, W); data loading, the transforms and writing are outside it, as they are the same for every
+method.
+
+``reconstruction`` (default; issue 4): a ``NestedCartesianY`` R = 32 mask.
 
 - E2EVarNet and RecurrentVarNet: DIRECT's own engines built from the baseline configs, so the time is that of
   ``direct predict``: the sensitivity U-Net refines the estimate coil by coil (``compute_sensitivity_map``), then the
@@ -12,13 +15,30 @@ loading, the transforms and writing are outside it, as they are the same for eve
   (``acquisition.sense_adjoint``); AQ-VAE encoding of level 0 (tokens Q32); ``NextAccel.generate`` with argmax or
   beam search (k = 1, 2, 3) and the KV cache; ``AQVAE.decode_indices`` of all six levels.
 
+``superresolution`` (issue 7): MIAR's 4 x 4 super-resolution, DIRECT's ``SuperResolution`` mask of acceleration 16
+(the central (H/4) x (W/4) k-space block).
+
+- E2EVarNet, RecurrentVarNet and U-Net: the baseline configs of ``projects/miar_brain``, timed as above (with one
+  coil DIRECT's ``compute_sensitivity_map`` only normalises the estimate: the sensitivity U-Net needs several coils).
+- MIAR: the path of ``MIAREngine``'s prediction: sensitivity normalisation; the zero-filled LR image of the block at
+  the model size (``images.low_resolution_image``); ``MIAR.generate`` with argmax or MIAR's beam search
+  (k = 1, 2, 3) and the KV cache, whose LR encoder (the cross-attention context) is reported as its own stage; the
+  tokenizer's ``decode_indices`` of all scales. The MSVQ-VAE of ``msvqvae.yaml`` is loaded into MIAR's tokenizer
+  as training does, which checks that the two configs agree. Ratios are printed next to the MIAR paper's own
+  (RTX 4090, ms per slice: argmax 257, beam k = 1, 2, 3: 432, 705, 1372).
+
 Stages are timed separately (with a device synchronisation between them on GPU) and reported per slice next to the
 total. Speed does not depend on the weights' values: no method has data-dependent control flow (beam search always
 scores 2^k candidates per level), so randomly initialised weights are used unless checkpoints are given.
 
-Configurations: ``paper`` (256 x 256, 16 coils, the paper-size configs of ``projects/fastmri_brain/configs`` and the
-paper's transformer, NextAccel's constructor defaults) and ``tiny`` (64 x 64, 4 coils, the CPU configs of
-``configs/`` and a three-block transformer (one per context stride)) so that a test runs in seconds.
+Configurations: ``paper`` and ``tiny`` per task.
+
+- reconstruction ``paper``: 256 x 256, 16 coils, the paper-size configs of ``projects/fastmri_brain/configs`` and
+  the paper's transformer (NextAccel's constructor defaults); ``tiny``: 64 x 64, 4 coils, the CPU configs of
+  ``configs/`` and a three-block transformer (one per context stride), so that a test runs in seconds.
+- superresolution ``paper``: 256 x 256, 1 coil (MIAR's single-image setting, the data of ``projects/miar_brain``),
+  ``projects/miar_brain/configs/{msvqvae,miar}.yaml`` and ``baselines/*_sr4.yaml``; ``tiny``: 64 x 64, 4 coils (the
+  data the tiny configs are written for), ``configs/tiny_{msvqvae,miar}.yaml`` and ``configs/tiny_sr_*.yaml``.
 """
 
 from __future__ import annotations
@@ -76,7 +96,7 @@ WEIGHTS_NOTE = "randomly initialised: inference time does not depend on the weig
 
 @dataclass(frozen=True)
 class Setup:
-    """Sizes and model configs of one benchmark configuration.
+    """Sizes and model configs of one configuration of ``--task reconstruction``.
 
     Attributes
     ----------
@@ -132,6 +152,123 @@ _SHARED_WITH_AQVAE = (
 )
 
 
+SR_MODELS = ("miar", "varnet", "recurrentvarnet", "unet")
+SR_LABELS = {
+    "argmax": "MIAR argmax",
+    "beam1": "MIAR beam k=1",
+    "beam2": "MIAR beam k=2",
+    "beam3": "MIAR beam k=3",
+    "varnet": "E2EVarNet",
+    "recurrentvarnet": "RecurrentVarNet",
+    "unet": "U-Net",
+}
+"""Row name (a MIAR decoding mode or a baseline) -> label in the table of ``--task superresolution``."""
+
+SR_RATIOS: tuple[tuple[str, str, float | None], ...] = (
+    ("argmax", "varnet", None),
+    ("argmax", "recurrentvarnet", None),
+    ("argmax", "unet", None),
+    ("beam1", "argmax", None),
+    ("beam2", "argmax", None),
+    ("beam3", "argmax", None),
+)
+"""Printed ratios of ``--task superresolution``; the MIAR paper's timings are a reference, not an upper target."""
+
+MIAR_PAPER_MS = {"argmax": 257.0, "beam1": 432.0, "beam2": 705.0, "beam3": 1372.0}
+"""MIAR paper, table of decoding strategies: ms per slice on an RTX 4090 ("w/o Beam Search" is argmax)."""
+
+SR_MASK = "SuperResolution acceleration 16 (4 x 4: the central (H/4) x (W/4) k-space block)"
+
+
+@dataclass(frozen=True)
+class SuperResolutionSetup:
+    """Sizes and model configs of one configuration of ``--task superresolution``.
+
+    Attributes
+    ----------
+    matrix : tuple[int, int]
+        k-space (H, W).
+    coils : int
+        Receive coils of the data the configs are written for.
+    coil_source : str
+        Where that coil count comes from.
+    factor : int
+        Super-resolution factor per axis (the configs' ``SuperResolution`` acceleration 16 is 4 x 4).
+    msvqvae_config, miar_config, varnet_config, recurrentvarnet_config, unet_config : str
+        DIRECT YAML files relative to the repository root.
+    """
+
+    matrix: tuple[int, int]
+    coils: int
+    coil_source: str
+    factor: int
+    msvqvae_config: str
+    miar_config: str
+    varnet_config: str
+    recurrentvarnet_config: str
+    unet_config: str
+
+
+SR_SETUPS = {
+    "paper": SuperResolutionSetup(
+        matrix=(256, 256),
+        coils=1,
+        coil_source="MIAR's single-image setting: projects/miar_brain simulates its data with --coils 1",
+        factor=4,
+        msvqvae_config="projects/miar_brain/configs/msvqvae.yaml",
+        miar_config="projects/miar_brain/configs/miar.yaml",
+        varnet_config="projects/miar_brain/configs/baselines/varnet_sr4.yaml",
+        recurrentvarnet_config="projects/miar_brain/configs/baselines/recurrentvarnet_sr4.yaml",
+        unet_config="projects/miar_brain/configs/baselines/unet_sr4.yaml",
+    ),
+    "tiny": SuperResolutionSetup(
+        matrix=(64, 64),
+        coils=4,
+        coil_source="the data of configs/tiny_msvqvae.yaml and tiny_miar.yaml, simulated with --coils 4",
+        factor=4,
+        msvqvae_config="configs/tiny_msvqvae.yaml",
+        miar_config="configs/tiny_miar.yaml",
+        varnet_config="configs/tiny_sr_varnet.yaml",
+        recurrentvarnet_config="configs/tiny_sr_recurrentvarnet.yaml",
+        unet_config="configs/tiny_sr_unet.yaml",
+    ),
+}
+
+
+@dataclass(frozen=True)
+class Task:
+    """What ``--task`` times: its methods (the autoregressive one first), rows, ratios, checkpoints and setups."""
+
+    models: tuple[str, ...]
+    modes: tuple[str, ...]
+    labels: Mapping[str, str]
+    ratios: tuple[tuple[str, str, float | None], ...]
+    checkpoints: tuple[str, ...]
+    setups: Mapping[str, Setup | SuperResolutionSetup]
+    paper_ms: Mapping[str, float] = field(default_factory=dict)
+
+    @property
+    def generator(self) -> str:
+        """The autoregressive method, whose rows are its decoding modes."""
+        return self.models[0]
+
+
+TASKS = {
+    "reconstruction": Task(MODELS, MODES, LABELS, RATIOS, ("aqvae", "nextaccel", "varnet", "recurrentvarnet"), SETUPS),
+    "superresolution": Task(
+        SR_MODELS,
+        MODES,
+        SR_LABELS,
+        SR_RATIOS,
+        ("msvqvae", "miar", "varnet", "recurrentvarnet", "unet"),
+        SR_SETUPS,
+        MIAR_PAPER_MS,
+    ),
+}
+ALL_MODELS = tuple(dict.fromkeys(model for task in TASKS.values() for model in task.models))
+ALL_CHECKPOINTS = tuple(dict.fromkeys(name for task in TASKS.values() for name in task.checkpoints))
+
+
 # Options ------------------------------------------------------------------------------------------------------------
 
 
@@ -144,10 +281,14 @@ def check_options(
     modes: Sequence[str],
     models: Sequence[str],
     checkpoints: Mapping[str, str | os.PathLike | None],
+    task: str = "reconstruction",
 ) -> None:
     """Raise ``ValueError``/``FileNotFoundError`` naming the first bad option of :func:`benchmark`."""
-    if config not in SETUPS:
-        raise ValueError(f"config {config!r} is not one of {tuple(SETUPS)}")
+    if task not in TASKS:
+        raise ValueError(f"task {task!r} is not one of {tuple(TASKS)}")
+    spec = TASKS[task]
+    if config not in spec.setups:
+        raise ValueError(f"config {config!r} is not one of {tuple(spec.setups)}")
     if device not in ("cpu", "cuda"):
         raise ValueError(f"device {device!r} is not one of ('cpu', 'cuda')")
     if not batch_sizes:
@@ -162,18 +303,21 @@ def check_options(
     if isinstance(warmup, bool) or not isinstance(warmup, int) or warmup < 0:
         raise ValueError(f"warmup {warmup!r} is not a non-negative integer")
     if not models:
-        raise ValueError(f"models is empty: name some of {MODELS}")
+        raise ValueError(f"models is empty: name some of {spec.models}")
     for model in models:
-        if model not in MODELS:
-            raise ValueError(f"model {model!r} is not one of {MODELS}")
-    if "nextaccel" in models and not modes:
-        raise ValueError(f"modes is empty: name some of {MODES}")
+        if model not in spec.models:
+            raise ValueError(f"model {model!r} is not one of {spec.models} of task {task!r}")
+    if spec.generator in models and not modes:
+        raise ValueError(f"modes is empty: name some of {spec.modes}")
     for mode in modes:
-        if mode not in MODES:
-            raise ValueError(f"mode {mode!r} is not one of {MODES}")
+        if mode not in spec.modes:
+            raise ValueError(f"mode {mode!r} is not one of {spec.modes} of task {task!r}")
     for name, path in checkpoints.items():
-        if name not in ("aqvae", "nextaccel", "varnet", "recurrentvarnet"):
-            raise ValueError(f"checkpoint of {name!r}: only aqvae, nextaccel, varnet and recurrentvarnet load one")
+        if name not in spec.checkpoints:
+            raise ValueError(
+                f"checkpoint of {name!r}: only {', '.join(spec.checkpoints[:-1])} and {spec.checkpoints[-1]} load one "
+                f"in task {task!r}"
+            )
         if path is not None and not Path(path).is_file():
             raise FileNotFoundError(f"{name} checkpoint {path} does not exist")
 
@@ -249,6 +393,8 @@ def build_engine(config_path: Path, checkpoint: str | os.PathLike | None = None)
     cfg = OmegaConf.create(
         {"model": configs.model, "additional_models": {name: configs[name] for name in configs if name != "model"}}
     )
+    if "training" in raw and "loss" in raw.training:
+        cfg.training = {"loss": raw.training.loss}  # MIAREngine checks at construction that it can compute them
     model = built.pop("model")
     engine = setup_engine(cfg, "cpu", model, built, **operators)
     engine.ndim = 2  # set by DIRECT from the dataset; compute_sensitivity_map reads it
@@ -278,6 +424,40 @@ def build_nextaccel(
     return model
 
 
+def build_miar(
+    miar_config: Path,
+    msvqvae_config: Path,
+    msvqvae_checkpoint: str | os.PathLike | None = None,
+    miar_checkpoint: str | os.PathLike | None = None,
+) -> Engine:
+    """MIAR's engine with the MSVQ-VAE of ``msvqvae_config`` as its tokenizer and LR encoder start, as training has.
+
+    The tokenizer is built from its own config (and checkpoint) and loaded into MIAR's with ``MIAR.load_tokenizer``,
+    which refuses a MIAR config that does not repeat the tokenizer's shape. A MIAR checkpoint then replaces all of it.
+    """
+    tokenizer = build_engine(msvqvae_config, msvqvae_checkpoint).model
+    engine = build_engine(miar_config)
+    engine.miar.load_tokenizer(tokenizer.state_dict())
+    if miar_checkpoint is not None:
+        loaded = load_checkpoint(miar_checkpoint, {"model": engine.model, **engine.models})
+        logger.info("Loaded %s from %s.", ", ".join(loaded), miar_checkpoint)
+    return engine
+
+
+def _random_batch(mask: torch.Tensor, coils: int, batch_size: int, seed: int) -> dict[str, torch.Tensor]:
+    """Random k-space under ``mask`` (H, W) and a random sensitivity estimate, in DIRECT's batch layout."""
+    import torch
+
+    generator = torch.Generator().manual_seed(seed)
+    shape = (batch_size, coils, *mask.shape, 2)
+    sampling_mask = mask[None, None, :, :, None].expand(batch_size, 1, *mask.shape, 1).contiguous()
+    return {
+        "masked_kspace": torch.randn(shape, generator=generator) * sampling_mask,
+        "sampling_mask": sampling_mask,
+        "sensitivity_map": torch.randn(shape, generator=generator),
+    }
+
+
 def synthetic_batch(setup: Setup, batch_size: int, device: torch.device, seed: int = 0) -> dict[str, torch.Tensor]:
     """Random k-space and sensitivity estimate under the R = 32 mask of :data:`FAMILY`, as DIRECT's transforms give.
 
@@ -288,17 +468,26 @@ def synthetic_batch(setup: Setup, batch_size: int, device: torch.device, seed: i
 
     from direct_nextaccel.masks.nested import family_index, nested_masks
 
-    generator = torch.Generator().manual_seed(seed)
-    shape = (batch_size, setup.coils, *setup.matrix, 2)
     mask = torch.from_numpy(nested_masks(FAMILY, setup.matrix, seed=seed)[0])  # H, W
-    sampling_mask = mask[None, None, :, :, None].expand(batch_size, 1, *setup.matrix, 1).contiguous()
-    batch = {
-        "masked_kspace": torch.randn(shape, generator=generator) * sampling_mask,
-        "sampling_mask": sampling_mask,
-        "sensitivity_map": torch.randn(shape, generator=generator),
-        "family": torch.full((batch_size,), family_index(FAMILY), dtype=torch.long),
-    }
+    batch = _random_batch(mask, setup.coils, batch_size, seed)
+    batch["family"] = torch.full((batch_size,), family_index(FAMILY), dtype=torch.long)
     return {key: value.to(device) for key, value in batch.items()}
+
+
+def superresolution_batch(
+    setup: SuperResolutionSetup, batch_size: int, device: torch.device, seed: int = 0
+) -> dict[str, torch.Tensor]:
+    """Random k-space and sensitivity estimate under the ``SuperResolution`` mask of ``setup.factor``.
+
+    Returns ``masked_kspace`` (B, C, H, W, 2), ``sampling_mask`` bool (B, 1, H, W, 1) and ``sensitivity_map``
+    (B, C, H, W, 2).
+    """
+    import torch
+
+    from direct_nextaccel.masks.superresolution import superresolution_mask
+
+    mask = torch.from_numpy(superresolution_mask(setup.matrix, setup.factor))  # H, W
+    return {key: value.to(device) for key, value in _random_batch(mask, setup.coils, batch_size, seed).items()}
 
 
 # What is timed ------------------------------------------------------------------------------------------------------
@@ -344,6 +533,11 @@ def baseline_runner(engine: Engine) -> Runner:
     return reconstruct
 
 
+def decoding_options(mode: str) -> dict[str, Any]:
+    """``generate`` keywords of a row of :data:`MODES`: argmax, or beam search with k = the row's digit."""
+    return {"mode": "argmax"} if mode == "argmax" else {"mode": "beam", "beam_k": int(mode.removeprefix("beam"))}
+
+
 def nextaccel_runner(aqvae_engine: Engine, nextaccel: nn.Module, mode: str, bf16: bool) -> Runner:
     """NextAccel's inference from the R32 batch: sensitivities, SENSE image, Q32, generation, decoding.
 
@@ -355,7 +549,7 @@ def nextaccel_runner(aqvae_engine: Engine, nextaccel: nn.Module, mode: str, bf16
     from direct_nextaccel.nextaccel.acquisition import center_crop_or_pad, sense_adjoint
 
     aqvae = aqvae_engine.model
-    options = {"mode": "argmax"} if mode == "argmax" else {"mode": "beam", "beam_k": int(mode.removeprefix("beam"))}
+    options = decoding_options(mode)
 
     def reconstruct(batch: dict[str, Any], clock: StageClock) -> torch.Tensor:
         kspace = batch["masked_kspace"]
@@ -370,6 +564,49 @@ def nextaccel_runner(aqvae_engine: Engine, nextaccel: nn.Module, mode: str, bf16
             tokens = nextaccel.generate(q32, image32, batch["family"], use_cache=True, **options)
         clock("generate")
         decoded = center_crop_or_pad(aqvae.decode_indices(tokens), tuple(kspace.shape[2:4]))  # B, 2, H, W
+        magnitude = torch.linalg.vector_norm(decoded, dim=1)  # B, H, W
+        clock("decode")
+        return magnitude
+
+    return reconstruct
+
+
+def miar_runner(engine: Engine, mode: str, bf16: bool) -> Runner:
+    """MIAR's inference as ``MIAREngine`` predicts: sensitivities, LR image, LR encoder, generation, decoding.
+
+    The decoding settings other than ``mode`` and ``beam_k`` (``beam_alpha``) are the config's. The LR encoder runs
+    inside ``MIAR.generate``; a forward hook on it ends its stage, so ``generate`` holds the context projection, the
+    blocks' cross-attention keys/values and the scale-by-scale decoding. ``bf16`` runs ``generate`` (LR encoder
+    included) under bf16 autocast; the tokenizer's decoder stays in float32.
+    """
+    import torch
+
+    from direct_nextaccel.miar.images import center_crop_or_pad, low_resolution_image
+
+    miar = engine.miar
+    options = {**engine.decoding, **decoding_options(mode)}
+
+    def reconstruct(batch: dict[str, Any], clock: StageClock) -> torch.Tensor:
+        kspace = batch["masked_kspace"]
+        sensitivity_map = engine.compute_sensitivity_map(batch["sensitivity_map"])
+        clock("sensitivities")
+        image = low_resolution_image(
+            kspace,
+            batch["sampling_mask"],
+            sensitivity_map,
+            engine.backward_operator,
+            blur_sigma=engine.cfg.model.lr_blur_sigma,
+        )  # B, 2, H, W
+        lr_image = center_crop_or_pad(image, miar.image_size)  # B, 2, h, w
+        clock("lr_image")
+        hook = miar.context_encoder.register_forward_hook(lambda *_: clock("lr_encoder"))
+        try:
+            with torch.autocast(kspace.device.type, dtype=torch.bfloat16, enabled=bf16):
+                tokens = miar.generate(lr_image, **options)
+        finally:
+            hook.remove()
+        clock("generate")
+        decoded = center_crop_or_pad(miar.tokenizer.decode_indices(tokens), tuple(kspace.shape[2:4]))  # B, 2, H, W
         magnitude = torch.linalg.vector_norm(decoded, dim=1)  # B, H, W
         clock("decode")
         return magnitude
@@ -479,9 +716,14 @@ class Method:
 
 
 def summarize(
-    name: str, batch_size: int, samples: Sequence[Mapping[str, float]], peak_mib: float | None, parameters: int
+    name: str,
+    batch_size: int,
+    samples: Sequence[Mapping[str, float]],
+    peak_mib: float | None,
+    parameters: int,
+    labels: Mapping[str, str] = LABELS,
 ) -> dict[str, Any]:
-    """One table row from the stage times (seconds per call) of the timed repeats."""
+    """One table row from the stage times (seconds per call) of the timed repeats; ``labels`` are the task's."""
     import numpy as np
 
     totals = np.array([sum(stages.values()) for stages in samples]) / batch_size  # seconds per slice
@@ -489,7 +731,7 @@ def summarize(
     stages = {stage: float(np.median([s[stage] for s in samples])) / batch_size for stage in samples[0]}
     return {
         "name": name,
-        "label": LABELS[name],
+        "label": labels[name],
         "batch_size": batch_size,
         "repeats": len(samples),
         "seconds_per_slice": {"median": median, "q25": q25, "q75": q75, "iqr": q75 - q25},
@@ -500,29 +742,38 @@ def summarize(
     }
 
 
-def compute_ratios(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
-    """The :data:`RATIOS` of median seconds per slice, per batch size, for the rows present in ``rows``."""
+def compute_ratios(rows: Sequence[Mapping[str, Any]], task: str = "reconstruction") -> list[dict[str, Any]]:
+    """The ratios of median seconds per slice of ``task``, per batch size, for the rows present in ``rows``.
+
+    A ratio of two rows the paper timed (``--task superresolution``: MIAR's decoding modes) also carries the paper's
+    ratio as ``paper_reference``.
+    """
+    spec = TASKS[task]
     by_key = {(row["name"], row["batch_size"]): row for row in rows}
     ratios = []
     for batch_size in sorted({row["batch_size"] for row in rows}):
-        for numerator, denominator, target in RATIOS:
+        for numerator, denominator, target in spec.ratios:
             if (numerator, batch_size) not in by_key or (denominator, batch_size) not in by_key:
                 continue
             value = (
                 by_key[numerator, batch_size]["seconds_per_slice"]["median"]
                 / by_key[denominator, batch_size]["seconds_per_slice"]["median"]
             )
-            ratios.append(
-                {
-                    "label": f"{LABELS[numerator]} / {LABELS[denominator]}",
-                    "numerator": numerator,
-                    "denominator": denominator,
-                    "batch_size": batch_size,
-                    "ratio": value,
-                    "target_at_most": target,
-                    "meets_target": None if target is None else value <= target,
-                }
-            )
+            ratio = {
+                "label": f"{spec.labels[numerator]} / {spec.labels[denominator]}",
+                "numerator": numerator,
+                "denominator": denominator,
+                "batch_size": batch_size,
+                "ratio": value,
+                "target_at_most": target,
+                "meets_target": None if target is None else value <= target,
+            }
+            if spec.paper_ms:
+                paper = spec.paper_ms
+                ratio["paper_reference"] = (
+                    paper[numerator] / paper[denominator] if numerator in paper and denominator in paper else None
+                )
+            ratios.append(ratio)
     return ratios
 
 
@@ -546,18 +797,19 @@ def benchmark(
     repeats: int = 20,
     warmup: int = 3,
     modes: Sequence[str] = MODES,
-    models: Sequence[str] = MODELS,
+    models: Sequence[str] | None = None,
     bf16: bool = False,
     checkpoints: Mapping[str, str | os.PathLike | None] | None = None,
     repo_root: str | os.PathLike = REPOSITORY,
     progress: bool = False,
+    task: str = "reconstruction",
 ) -> dict[str, Any]:
-    """Time every requested method and decoding mode at every batch size, in one process on one device.
+    """Time every requested method and decoding mode of a task at every batch size, in one process on one device.
 
     Parameters
     ----------
     config : str
-        Key of :data:`SETUPS`: ``"paper"`` or ``"tiny"``.
+        ``"paper"`` or ``"tiny"`` (a key of the task's setups: :data:`SETUPS` or :data:`SR_SETUPS`).
     device : str
         ``"cpu"`` or ``"cuda"``.
     batch_sizes : Sequence[int]
@@ -565,99 +817,61 @@ def benchmark(
     repeats, warmup : int
         Timed calls per row (median and IQR over them) and untimed calls before them.
     modes : Sequence[str]
-        NextAccel decoding modes, of :data:`MODES`.
-    models : Sequence[str]
-        Methods, of :data:`MODELS`.
+        Decoding modes of the task's autoregressive method (NextAccel or MIAR), of :data:`MODES`.
+    models : Sequence[str], optional
+        Methods, of the task's (:data:`MODELS` or :data:`SR_MODELS`); all of them by default.
     bf16 : bool
-        bf16 autocast for the NextAccel transformer (see :func:`nextaccel_runner`).
+        bf16 autocast for the autoregressive transformer (see :func:`nextaccel_runner`, :func:`miar_runner`).
     checkpoints : Mapping[str, path or None], optional
-        Weights for ``"aqvae"``, ``"nextaccel"``, ``"varnet"``, ``"recurrentvarnet"``; random weights otherwise.
+        Weights for the names of the task's checkpoints (``"aqvae"``, ``"nextaccel"``, ``"varnet"``,
+        ``"recurrentvarnet"``; superresolution: ``"msvqvae"``, ``"miar"``, ``"varnet"``, ``"recurrentvarnet"``,
+        ``"unet"``); random weights otherwise.
     repo_root : path
-        Checkout holding the configs of :data:`SETUPS`.
+        Checkout holding the configs of the setups.
     progress : bool
         Show a tqdm bar over all calls.
+    task : str
+        ``"reconstruction"`` (NextAccel, issue 4) or ``"superresolution"`` (MIAR, issue 7).
 
     Returns
     -------
     dict[str, Any]
         JSON-ready: the environment (device, versions, threads, load), the options, ``rows`` (see
-        :func:`summarize`) and ``ratios`` (see :func:`compute_ratios`), all from this run.
+        :func:`summarize`) and ``ratios`` (see :func:`compute_ratios`), all from this run. Super-resolution results
+        also name the ``task``, where the coil count comes from and the MIAR paper's timings.
     """
-    check_options(config, device, batch_sizes, repeats, warmup, modes, models, checkpoints or {})
+    spec = TASKS.get(task)
+    if models is None and spec is not None:
+        models = spec.models
+    check_options(config, device, batch_sizes, repeats, warmup, modes, models or (), checkpoints or {}, task)
     checkpoints = {name: path for name, path in (checkpoints or {}).items() if path is not None}
     import torch
-    from tqdm import tqdm
 
     torch_device = resolve_device(device)
-    setup, root = SETUPS[config], Path(repo_root)
+    setup, root = spec.setups[config], Path(repo_root)
     started = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
     load_before = os.getloadavg()
 
-    methods = []
-    if "nextaccel" in models:
-        aqvae_engine = build_engine(root / setup.aqvae_config, checkpoints.get("aqvae"))
-        nextaccel = build_nextaccel(aqvae_engine, setup.transformer, checkpoints.get("nextaccel"))
-        runners = {mode: nextaccel_runner(aqvae_engine, nextaccel, mode, bf16) for mode in MODES if mode in modes}
-        modules = [aqvae_engine.model, *aqvae_engine.models.values(), nextaccel]
-        methods.append(Method(modules, runners))
-    for model in ("varnet", "recurrentvarnet"):
-        if model in models:
-            engine = build_engine(root / getattr(setup, f"{model}_config"), checkpoints.get(model))
-            methods.append(Method([engine.model, *engine.models.values()], {model: baseline_runner(engine)}))
-
-    rows = []
-    calls = sum(len(m.runners) for m in methods) * len(batch_sizes) * (warmup + repeats)
-    benchmark_cudnn = torch.backends.cudnn.benchmark
-    bar = tqdm(total=calls, desc="speed", unit="call", disable=not progress)
-    try:
-        # `direct predict` lets cuDNN pick its fastest kernels; the warm-up calls absorb that search.
-        torch.backends.cudnn.benchmark = torch_device.type == "cuda"
-        with torch.inference_mode():
-            for method in methods:
-                method.to(torch_device)
-                for batch_size in batch_sizes:
-                    batch = synthetic_batch(setup, batch_size, torch_device)
-                    resident = method.weights_bytes() + _tensor_bytes(list(batch.values()))
-                    for name, runner in method.runners.items():
-                        bar.set_description(f"{LABELS[name]}, batch {batch_size}")
-                        logger.info(
-                            "Timing %s at batch %d: %d warm-up and %d timed calls.",
-                            LABELS[name],
-                            batch_size,
-                            warmup,
-                            repeats,
-                        )
-                        for _ in range(warmup):
-                            runner(batch, StageClock(torch_device))
-                            bar.update()
-                        samples = []
-                        with PeakMemory(torch_device, resident) as memory:
-                            for _ in range(repeats):
-                                clock = StageClock(torch_device)
-                                runner(batch, clock)
-                                samples.append(clock.stages)
-                                bar.update()
-                        row = summarize(name, batch_size, samples, memory.mib, method.parameters())
-                        rows.append(row)
-                        logger.info(
-                            "%s, batch %d: %.4g s per slice (median of %d).",
-                            LABELS[name],
-                            batch_size,
-                            row["seconds_per_slice"]["median"],
-                            repeats,
-                        )
-                    del batch
-                method.to(torch.device("cpu"))
-                if torch_device.type == "cuda":
-                    torch.cuda.empty_cache()
-    finally:
-        bar.close()
-        torch.backends.cudnn.benchmark = benchmark_cudnn
+    if task == "reconstruction":
+        methods = _reconstruction_methods(setup, root, modes, models, bf16, checkpoints)
+        make_batch = synthetic_batch
+    else:
+        methods = _superresolution_methods(setup, root, modes, models, bf16, checkpoints)
+        make_batch = superresolution_batch
+    rows = _time_methods(
+        methods,
+        lambda size: make_batch(setup, size, torch_device),
+        spec.labels,
+        batch_sizes,
+        repeats,
+        warmup,
+        torch_device,
+        progress,
+    )
 
     from importlib.metadata import version
 
-    return {
-        "benchmark": "direct-nextaccel speed",
+    environment = {
         "started": started,
         "config": config,
         "device": _device_name(torch_device),
@@ -670,28 +884,167 @@ def benchmark(
         "load_average_after": list(os.getloadavg()),
         "matrix": list(setup.matrix),
         "coils": setup.coils,
-        "mask": f"{FAMILY} R=32",
-        "configs": {
-            "aqvae": setup.aqvae_config,
-            "varnet": setup.varnet_config,
-            "recurrentvarnet": setup.recurrentvarnet_config,
-            "nextaccel_transformer": dict(setup.transformer) or "NextAccel constructor defaults (paper)",
-        },
-        "weights": {name: str(checkpoints.get(name, WEIGHTS_NOTE)) for name in _checkpoint_names(models)},
-        "bf16": "NextAccel transformer under bf16 autocast" if bf16 else False,
+    }
+    options = {
         "batch_sizes": list(batch_sizes),
         "repeats": repeats,
         "warmup": warmup,
         "timed": "masked k-space, mask and sensitivity estimate on the device -> magnitude image (B, H, W)",
         "memory_measure": MEMORY_MEASURES[torch_device.type],
+    }
+    weights = {name: str(checkpoints.get(name, WEIGHTS_NOTE)) for name in _checkpoint_names(task, models)}
+    if task == "reconstruction":
+        return {
+            "benchmark": "direct-nextaccel speed",
+            **environment,
+            "mask": f"{FAMILY} R=32",
+            "configs": {
+                "aqvae": setup.aqvae_config,
+                "varnet": setup.varnet_config,
+                "recurrentvarnet": setup.recurrentvarnet_config,
+                "nextaccel_transformer": dict(setup.transformer) or "NextAccel constructor defaults (paper)",
+            },
+            "weights": weights,
+            "bf16": "NextAccel transformer under bf16 autocast" if bf16 else False,
+            **options,
+            "rows": rows,
+            "ratios": compute_ratios(rows, task),
+        }
+    return {
+        "benchmark": "direct-nextaccel speed",
+        "task": task,
+        **environment,
+        "coil_source": setup.coil_source,
+        "mask": SR_MASK,
+        "configs": {name: getattr(setup, f"{name}_config") for name in ("msvqvae", "miar", *SR_MODELS[1:])},
+        "weights": weights,
+        "bf16": "MIAR transformer under bf16 autocast" if bf16 else False,
+        **options,
+        "paper_reference": {
+            "source": "MIAR paper, decoding strategies table (RTX 4090); 'w/o Beam Search' is argmax",
+            "ms_per_slice": dict(spec.paper_ms),
+        },
         "rows": rows,
-        "ratios": compute_ratios(rows),
+        "ratios": compute_ratios(rows, task),
     }
 
 
-def _checkpoint_names(models: Sequence[str]) -> list[str]:
-    names = ["aqvae", "nextaccel"] if "nextaccel" in models else []
-    return names + [model for model in ("varnet", "recurrentvarnet") if model in models]
+def _reconstruction_methods(
+    setup: Setup,
+    root: Path,
+    modes: Sequence[str],
+    models: Sequence[str],
+    bf16: bool,
+    checkpoints: Mapping[str, str | os.PathLike],
+) -> list[Method]:
+    methods = []
+    if "nextaccel" in models:
+        aqvae_engine = build_engine(root / setup.aqvae_config, checkpoints.get("aqvae"))
+        nextaccel = build_nextaccel(aqvae_engine, setup.transformer, checkpoints.get("nextaccel"))
+        runners = {mode: nextaccel_runner(aqvae_engine, nextaccel, mode, bf16) for mode in MODES if mode in modes}
+        modules = [aqvae_engine.model, *aqvae_engine.models.values(), nextaccel]
+        methods.append(Method(modules, runners))
+    for model in ("varnet", "recurrentvarnet"):
+        if model in models:
+            engine = build_engine(root / getattr(setup, f"{model}_config"), checkpoints.get(model))
+            methods.append(Method([engine.model, *engine.models.values()], {model: baseline_runner(engine)}))
+    return methods
+
+
+def _superresolution_methods(
+    setup: SuperResolutionSetup,
+    root: Path,
+    modes: Sequence[str],
+    models: Sequence[str],
+    bf16: bool,
+    checkpoints: Mapping[str, str | os.PathLike],
+) -> list[Method]:
+    methods = []
+    if "miar" in models:
+        engine = build_miar(
+            root / setup.miar_config, root / setup.msvqvae_config, checkpoints.get("msvqvae"), checkpoints.get("miar")
+        )
+        runners = {mode: miar_runner(engine, mode, bf16) for mode in MODES if mode in modes}
+        # The MSVQ-VAE is MIAR's frozen tokenizer submodule: its weights and parameters are counted in MIAR's.
+        methods.append(Method([engine.model, *engine.models.values()], runners))
+    for model in SR_MODELS[1:]:
+        if model in models:
+            engine = build_engine(root / getattr(setup, f"{model}_config"), checkpoints.get(model))
+            methods.append(Method([engine.model, *engine.models.values()], {model: baseline_runner(engine)}))
+    return methods
+
+
+def _time_methods(
+    methods: Sequence[Method],
+    make_batch: Callable[[int], dict[str, torch.Tensor]],
+    labels: Mapping[str, str],
+    batch_sizes: Sequence[int],
+    repeats: int,
+    warmup: int,
+    device: torch.device,
+    progress: bool,
+) -> list[dict[str, Any]]:
+    """Rows of every method's runners at every batch size, each method on the device only while it runs."""
+    import torch
+    from tqdm import tqdm
+
+    rows = []
+    calls = sum(len(m.runners) for m in methods) * len(batch_sizes) * (warmup + repeats)
+    benchmark_cudnn = torch.backends.cudnn.benchmark
+    bar = tqdm(total=calls, desc="speed", unit="call", disable=not progress)
+    try:
+        # `direct predict` lets cuDNN pick its fastest kernels; the warm-up calls absorb that search.
+        torch.backends.cudnn.benchmark = device.type == "cuda"
+        with torch.inference_mode():
+            for method in methods:
+                method.to(device)
+                for batch_size in batch_sizes:
+                    batch = make_batch(batch_size)
+                    resident = method.weights_bytes() + _tensor_bytes(list(batch.values()))
+                    for name, runner in method.runners.items():
+                        bar.set_description(f"{labels[name]}, batch {batch_size}")
+                        logger.info(
+                            "Timing %s at batch %d: %d warm-up and %d timed calls.",
+                            labels[name],
+                            batch_size,
+                            warmup,
+                            repeats,
+                        )
+                        for _ in range(warmup):
+                            runner(batch, StageClock(device))
+                            bar.update()
+                        samples = []
+                        with PeakMemory(device, resident) as memory:
+                            for _ in range(repeats):
+                                clock = StageClock(device)
+                                runner(batch, clock)
+                                samples.append(clock.stages)
+                                bar.update()
+                        row = summarize(name, batch_size, samples, memory.mib, method.parameters(), labels)
+                        rows.append(row)
+                        logger.info(
+                            "%s, batch %d: %.4g s per slice (median of %d).",
+                            labels[name],
+                            batch_size,
+                            row["seconds_per_slice"]["median"],
+                            repeats,
+                        )
+                    del batch
+                method.to(torch.device("cpu"))
+                if device.type == "cuda":
+                    torch.cuda.empty_cache()
+    finally:
+        bar.close()
+        torch.backends.cudnn.benchmark = benchmark_cudnn
+    return rows
+
+
+def _checkpoint_names(task: str, models: Sequence[str]) -> list[str]:
+    """Names of the weights each requested method uses, in the task's order."""
+    spec = TASKS[task]
+    shared = {"nextaccel": ("aqvae", "nextaccel"), "miar": ("msvqvae", "miar")}
+    used = {name for model in models for name in shared.get(model, (model,))}
+    return [name for name in spec.checkpoints if name in used]
 
 
 # Report -------------------------------------------------------------------------------------------------------------
@@ -704,13 +1057,28 @@ def _ms(seconds: float) -> str:
 def markdown(result: Mapping[str, Any]) -> str:
     """Markdown report of a :func:`benchmark` result: context, timings table, ratios table."""
     weights = sorted(set(result["weights"].values()))
+    run = (
+        f"{result['mask']}; {result['warmup']} warm-up and {result['repeats']} timed calls per row; bf16: "
+        f"{result['bf16'] or 'no'}."
+    )
+    matrix = f"{result['matrix'][0]} x {result['matrix'][1]}"
+    if "task" in result:
+        coils = f"{result['coils']} coil{'s' if result['coils'] != 1 else ''}"
+        paper = result["paper_reference"]
+        labels = TASKS[result["task"]].labels
+        reference = ", ".join(f"{labels[name]} {ms:g}" for name, ms in paper["ms_per_slice"].items())
+        configuration = [
+            f"Task {result['task']}, configuration {result['config']}: {matrix}, {coils} ({result['coil_source']}), "
+            + run,
+            f"Paper reference, ms / slice: {reference} ({paper['source']}).",
+        ]
+    else:
+        configuration = [f"Configuration {result['config']}: {matrix}, {result['coils']} coils, " + run]
     lines = [
         f"Device: {result['device']} ({result['device_type']}), torch {result['torch']}, "
         f"{result['torch_threads']} threads, load average {result['load_average_before'][0]:.2f} before / "
         f"{result['load_average_after'][0]:.2f} after.",
-        f"Configuration {result['config']}: {result['matrix'][0]} x {result['matrix'][1]}, {result['coils']} coils, "
-        f"{result['mask']}; {result['warmup']} warm-up and {result['repeats']} timed calls per row; bf16: "
-        f"{result['bf16'] or 'no'}.",
+        *configuration,
         f"Weights: {'; '.join(weights)}.",
         f"Peak memory: {result['memory_measure']}.",
         "",
@@ -725,7 +1093,18 @@ def markdown(result: Mapping[str, Any]) -> str:
             f"| {row['label']} | {row['batch_size']} | {_ms(time_['median'])} | {_ms(time_['iqr'])} | {stages} "
             f"| {memory} | {row['parameters'] / 1e6:.1f} |"
         )
-    if result["ratios"]:
+    if result["ratios"] and "task" in result:
+        paper_ms = result["paper_reference"]["ms_per_slice"]
+        lines += ["", "| Ratio of s / slice | Batch | Ratio | Paper (RTX 4090) |", "|---|---:|---:|---|"]
+        for ratio in result["ratios"]:
+            reference = ratio["paper_reference"]
+            cited = (
+                ""
+                if reference is None
+                else f"{reference:.2f} ({paper_ms[ratio['numerator']]:g} / {paper_ms[ratio['denominator']]:g} ms)"
+            )
+            lines.append(f"| {ratio['label']} | {ratio['batch_size']} | {ratio['ratio']:.3f} | {cited} |")
+    elif result["ratios"]:
         lines += ["", "| Ratio of s / slice | Batch | Ratio | Target |", "|---|---:|---:|---|"]
         for ratio in result["ratios"]:
             target = ratio["target_at_most"]
@@ -739,17 +1118,42 @@ def markdown(result: Mapping[str, Any]) -> str:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of ``direct-nextaccel speed``."""
-    parser.add_argument("--config", choices=tuple(SETUPS), default="paper", help="paper (default) or tiny sizes")
+    parser.add_argument(
+        "--task",
+        choices=tuple(TASKS),
+        default="reconstruction",
+        help="reconstruction (default): NextAccel against E2EVarNet and RecurrentVarNet under an R = 32 mask; "
+        "superresolution: MIAR's 4 x 4 super-resolution against E2EVarNet, RecurrentVarNet and U-Net",
+    )
+    parser.add_argument(
+        "--config",
+        choices=tuple(SETUPS),
+        default="paper",
+        help="paper (default) or tiny sizes: reconstruction 256 x 256 with 16 coils or 64 x 64 with 4; "
+        "superresolution 256 x 256 with 1 coil (MIAR's single-image data) or 64 x 64 with 4",
+    )
     parser.add_argument("--device", choices=("cpu", "cuda"), help="default cuda when available, else cpu")
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 8], metavar="B", help="default 1 8")
     parser.add_argument("--repeats", type=int, default=20, help="timed calls per row (default 20)")
     parser.add_argument("--warmup", type=int, default=3, help="untimed calls before them (default 3)")
-    parser.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES), help="NextAccel decoding modes")
-    parser.add_argument("--models", nargs="+", choices=MODELS, default=list(MODELS), help="methods (default all)")
-    parser.add_argument("--bf16", action="store_true", help="bf16 autocast for the NextAccel transformer")
-    for name in ("aqvae", "nextaccel", "varnet", "recurrentvarnet"):
+    parser.add_argument(
+        "--modes", nargs="+", choices=MODES, default=list(MODES), help="NextAccel or MIAR decoding modes (default all)"
+    )
+    parser.add_argument(
+        "--models",
+        nargs="+",
+        choices=ALL_MODELS,
+        help=f"methods (default all of the task): reconstruction {' '.join(MODELS)}; superresolution "
+        f"{' '.join(SR_MODELS)}",
+    )
+    parser.add_argument("--bf16", action="store_true", help="bf16 autocast for the NextAccel or MIAR transformer")
+    for name in ALL_CHECKPOINTS:
+        tasks = " and ".join(task for task, spec in TASKS.items() if name in spec.checkpoints)
         parser.add_argument(
-            f"--checkpoint-{name}", type=Path, metavar="PT", help=f"{name} weights (DIRECT checkpoint); default random"
+            f"--checkpoint-{name}",
+            type=Path,
+            metavar="PT",
+            help=f"{name} weights (DIRECT checkpoint) for {tasks}; default random",
         )
     parser.add_argument("--output", type=Path, metavar="FILE.json", help="also write the results as JSON")
     parser.add_argument("--repo-root", type=Path, default=REPOSITORY, help="checkout holding configs/ and projects/")
@@ -773,12 +1177,15 @@ def run(args: argparse.Namespace) -> int:
             modes=args.modes,
             models=args.models,
             bf16=args.bf16,
+            # Another task's checkpoint is passed only when given, for benchmark to refuse it.
             checkpoints={
                 name: getattr(args, f"checkpoint_{name}")
-                for name in ("aqvae", "nextaccel", "varnet", "recurrentvarnet")
+                for name in ALL_CHECKPOINTS
+                if name in TASKS[args.task].checkpoints or getattr(args, f"checkpoint_{name}") is not None
             },
             repo_root=args.repo_root,
             progress=args.progress,
+            task=args.task,
         )
         print(markdown(result))
         if args.output is not None:

@@ -17,6 +17,35 @@ STAGES = {
     "baseline": ["sensitivities", "network"],
 }
 
+RECONSTRUCTION_KEYS = [
+    "benchmark",
+    "started",
+    "config",
+    "device",
+    "device_type",
+    "torch",
+    "direct",
+    "torch_threads",
+    "platform",
+    "load_average_before",
+    "load_average_after",
+    "matrix",
+    "coils",
+    "mask",
+    "configs",
+    "weights",
+    "bf16",
+    "batch_sizes",
+    "repeats",
+    "warmup",
+    "timed",
+    "memory_measure",
+    "rows",
+    "ratios",
+]
+SR_ROW_NAMES = ("argmax", "beam1", "beam2", "beam3", "varnet", "recurrentvarnet", "unet")
+MIAR_STAGES = ["sensitivities", "lr_image", "lr_encoder", "generate", "decode"]
+
 
 def test_tiny_benchmark_runs_every_model_and_mode_and_writes_json(tmp_path, capsys):
     output = tmp_path / "results" / "speed.json"
@@ -26,6 +55,7 @@ def test_tiny_benchmark_runs_every_model_and_mode_and_writes_json(tmp_path, caps
     result = json.loads(output.read_text())
 
     assert result["config"] == "tiny" and result["device_type"] == "cpu"
+    assert list(result) == RECONSTRUCTION_KEYS  # the reconstruction output keeps its structure beside the SR task
     assert set(result["weights"]) == {"aqvae", "nextaccel", "varnet", "recurrentvarnet"}
     assert all(value == speed.WEIGHTS_NOTE for value in result["weights"].values())
     assert [(row["name"], row["batch_size"]) for row in result["rows"]] == [
@@ -139,3 +169,121 @@ def test_summary_statistics_and_ratio_targets():
         ("NextAccel argmax / E2EVarNet", 2.0, False),
         ("NextAccel beam k=1 / NextAccel argmax", 1.5, True),
     ]
+    assert all("paper_reference" not in r for r in ratios)
+
+    ratios = speed.compute_ratios([timed("argmax", 2.0), timed("unet", 1.0), timed("beam1", 3.0)], "superresolution")
+    assert [(r["label"], r["ratio"], r["target_at_most"], r["paper_reference"]) for r in ratios] == [
+        ("MIAR argmax / U-Net", 2.0, None, None),
+        ("MIAR beam k=1 / MIAR argmax", 1.5, None, 432 / 257),
+    ]
+
+
+# Super-resolution (MIAR) ------------------------------------------------------------------------------------------
+
+
+def test_tiny_superresolution_runs_miar_and_the_sr_baselines_and_writes_json(tmp_path, capsys):
+    output = tmp_path / "speed_sr.json"
+    argv = ["speed", "--task", "superresolution", "--config", "tiny", "--device", "cpu", "--repeats", "1"]
+    argv += ["--warmup", "0", "--batch-sizes", "1", "--no-progress", "--output", str(output)]
+    assert cli.main(argv) == 0
+    result = json.loads(output.read_text())
+
+    assert result["task"] == "superresolution" and result["config"] == "tiny"
+    assert result["matrix"] == [64, 64] and result["coils"] == 4 and "--coils 4" in result["coil_source"]
+    assert result["configs"]["miar"] == "configs/tiny_miar.yaml"
+    assert result["configs"]["unet"] == "configs/tiny_sr_unet.yaml"
+    assert set(result["weights"]) == {"msvqvae", "miar", "varnet", "recurrentvarnet", "unet"}
+    assert all(value == speed.WEIGHTS_NOTE for value in result["weights"].values())
+    assert [(row["name"], row["label"]) for row in result["rows"]] == [
+        (name, speed.SR_LABELS[name]) for name in SR_ROW_NAMES
+    ]
+    for row in result["rows"]:
+        stages = row["stage_seconds_per_slice"]
+        assert list(stages) == (
+            MIAR_STAGES if row["name"].startswith(("argmax", "beam")) else ["sensitivities", "network"]
+        )
+        assert all(value > 0 for value in stages.values())
+        assert sum(stages.values()) == pytest.approx(row["seconds_per_slice"]["median"])
+    # MIAR's row counts its frozen tokenizer (the MSVQ-VAE) with the transformer and LR encoder.
+    tokenizer = speed.build_engine(speed.REPOSITORY / "configs/tiny_msvqvae.yaml").model
+    assert result["rows"][0]["parameters"] > sum(p.numel() for p in tokenizer.parameters())
+
+    medians = {row["name"]: row["seconds_per_slice"]["median"] for row in result["rows"]}
+    ratios = {(r["numerator"], r["denominator"]): r for r in result["ratios"]}
+    assert list(ratios) == [(num, den) for num, den, _ in speed.SR_RATIOS]
+    for (num, den), ratio in ratios.items():
+        assert ratio["ratio"] == medians[num] / medians[den] and ratio["target_at_most"] is None
+    assert ratios["beam1", "argmax"]["paper_reference"] == pytest.approx(1.68, abs=0.005)
+    assert ratios["argmax", "unet"]["paper_reference"] is None
+
+    printed = capsys.readouterr().out
+    assert "| MIAR beam k=3 | 1 |" in printed and "| U-Net | 1 |" in printed
+    assert "| MIAR beam k=1 / MIAR argmax | 1 |" in printed and "| 1.68 (432 / 257 ms) |" in printed
+    assert "4 coils (" in printed and speed.WEIGHTS_NOTE in printed
+
+
+def test_miar_runner_times_the_engines_prediction():
+    setup = speed.SR_SETUPS["tiny"]
+    engine = speed.build_miar(speed.REPOSITORY / setup.miar_config, speed.REPOSITORY / setup.msvqvae_config)
+    batch = speed.superresolution_batch(setup, 2, torch.device("cpu"))
+    assert engine.cfg.model.decoding == "beam" and engine.cfg.model.beam_k == 1
+    with torch.inference_mode():
+        clock = speed.StageClock(torch.device("cpu"))
+        timed = speed.miar_runner(engine, "beam1", bf16=False)(batch, clock)
+        data = {**batch, "sensitivity_map": engine.compute_sensitivity_map(batch["sensitivity_map"])}
+        predicted, _ = engine.forward_function(data)  # B, H, W, 2
+    assert list(clock.stages) == MIAR_STAGES
+    assert torch.allclose(timed, torch.linalg.vector_norm(predicted, dim=-1))
+
+
+def test_miar_is_built_on_the_msvqvae_checkpoint(tmp_path):
+    setup = speed.SR_SETUPS["tiny"]
+    tokenizer = speed.build_engine(speed.REPOSITORY / setup.msvqvae_config).model
+    state = {k: torch.full_like(v, 0.5) if v.is_floating_point() else v for k, v in tokenizer.state_dict().items()}
+    torch.save({"model": state}, tmp_path / "msvqvae.pt")
+    engine = speed.build_miar(
+        speed.REPOSITORY / setup.miar_config, speed.REPOSITORY / setup.msvqvae_config, tmp_path / "msvqvae.pt"
+    )
+    assert all(torch.equal(v, state[k]) for k, v in engine.miar.tokenizer.state_dict().items())
+    encoder = engine.miar.context_encoder.state_dict()
+    assert all(torch.equal(encoder[k], v) for k, v in engine.miar.tokenizer.encoder.state_dict().items())
+
+
+def test_superresolution_subset_with_bf16_autocast():
+    result = speed.benchmark(
+        task="superresolution", batch_sizes=[1], repeats=1, warmup=0, modes=["beam2"], models=["miar"], bf16=True
+    )
+    assert [row["name"] for row in result["rows"]] == ["beam2"]
+    assert result["ratios"] == [] and set(result["weights"]) == {"msvqvae", "miar"}
+    assert result["bf16"] == "MIAR transformer under bf16 autocast"
+
+
+@pytest.mark.parametrize(
+    ("options", "named"),
+    [
+        ({"task": "inpainting"}, "'inpainting'"),
+        ({"task": "superresolution", "models": ["nextaccel"]}, "'nextaccel'"),
+        ({"models": ["miar"]}, "'miar'"),
+        ({"task": "superresolution", "modes": ["beam4"]}, "'beam4'"),
+        ({"task": "superresolution", "modes": []}, "modes is empty"),
+        ({"task": "superresolution", "checkpoints": {"aqvae": None}}, "'aqvae'"),
+        ({"task": "superresolution", "config": "huge"}, "'huge'"),
+    ],
+)
+def test_bad_superresolution_options_raise_naming_the_value(options, named):
+    with pytest.raises(ValueError, match=re.escape(named)):
+        speed.benchmark(**options)
+
+
+@pytest.mark.parametrize(
+    ("argv", "named"),
+    [
+        (["--task", "superresolution", "--models", "nextaccel"], "'nextaccel'"),
+        (["--task", "superresolution", "--checkpoint-aqvae", "aqvae.pt"], "'aqvae'"),
+        (["--checkpoint-unet", "unet.pt"], "'unet'"),
+    ],
+)
+def test_cli_reports_an_option_of_the_other_task_in_one_line(argv, named, capsys):
+    assert cli.main(["speed", "--config", "tiny", "--device", "cpu", *argv]) == 2
+    err = capsys.readouterr().err
+    assert named in err and len(err.strip().splitlines()) == 1
