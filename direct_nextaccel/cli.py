@@ -28,7 +28,10 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
         "convert the real raw multi-coil k-space in shared/data/kspace to the fastMRI layout",
     ),
     "benchmark": ("direct_nextaccel.benchmark.quality", "score DIRECT runs/predictions per contrast and mask family"),
-    "speed": ("direct_nextaccel.benchmark.speed", "inference time per slice of NextAccel, E2EVarNet, RecurrentVarNet"),
+    "speed": (
+        "direct_nextaccel.benchmark.speed",
+        "inference time per slice: NextAccel or MIAR (each decoding mode) next to DIRECT's baselines",
+    ),
 }
 
 
