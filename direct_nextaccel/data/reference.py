@@ -35,10 +35,10 @@ from direct.data import mri_transforms
 from direct.data.datasets import FastMRIDataset
 from direct.data.datasets_config import FastMRIConfig
 
-from direct_nextaccel.data.fastmri_h5 import centered_ifft2
+from direct_nextaccel.data.fastmri_h5 import rss_reconstruction
 from direct_nextaccel.nextaccel.acquisition import center_crop_or_pad
 
-__all__ = ["FastMRIReferenceConfig", "FastMRIReferenceDataset", "reference_filename", "rss_image"]
+__all__ = ["FastMRIReferenceConfig", "FastMRIReferenceDataset", "reference_filename"]
 
 _FASTMRI_NAME = re.compile(r"^file_brain_(?P<acquisition>[^_]+)_(?P<subject>.+)\.h5$")
 
@@ -66,12 +66,6 @@ def reference_filename(path: pathlib.Path, reference_acquisition: str) -> pathli
     if match is None:
         raise ValueError(f"file name {path.name!r} does not follow fastMRI's file_brain_<ACQUISITION>_<subject>.h5")
     return path.with_name(f"file_brain_{reference_acquisition}_{match['subject']}.h5")
-
-
-def rss_image(kspace: np.ndarray) -> np.ndarray:
-    """Root-sum-of-squares image (H, W) float32 of one slice's centred k-space, (coils, H, W) or single-coil (H, W)."""
-    coil_images = centered_ifft2(kspace if kspace.ndim == 3 else kspace[None])  # C, H, W
-    return np.sqrt((np.abs(coil_images) ** 2).sum(0)).astype(np.float32)
 
 
 def _transform_steps(transform: Any) -> Iterator[Any]:
@@ -182,7 +176,10 @@ class FastMRIReferenceDataset(FastMRIDataset):
     def reference_image(self, filename: pathlib.Path, slice_no: int) -> np.ndarray:
         """Fully sampled RSS image (H, W) of slice ``slice_no`` of ``filename``'s reference sibling."""
         with h5py.File(reference_filename(filename, self.reference_acquisition), "r") as reference:
-            return rss_image(reference["kspace"][slice_no])
+            kspace = reference["kspace"][slice_no : slice_no + 1]  # 1, C, H, W (1, H, W single-coil)
+        if kspace.ndim == 3:
+            kspace = kspace[:, None]
+        return rss_reconstruction(kspace, kspace.shape[-2:])[0]
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         """DIRECT's sample after its transform, plus ``reference_image`` (H, W) at the transformed matrix."""
