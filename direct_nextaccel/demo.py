@@ -175,10 +175,13 @@ def write_phantoms(output: Path, *, slices: int, size: int, coils: int, seed: in
     return written
 
 
-def stage_config(stage: Stage, family: str, budget: float, runs: Path, stages: tuple[Stage, ...] = STAGES) -> dict:
+def stage_config(
+    stage: Stage, family: str | None, budget: float, runs: Path, stages: tuple[Stage, ...] = STAGES
+) -> dict:
     """The tiny config of ``stage`` (one of ``stages``) with the demo's family, budget and earlier checkpoints.
 
-    The mask family applies to the R = 32 reconstruction stages; the super-resolution configs keep their mask.
+    ``family`` sets the masking of the R = 32 reconstruction stages; with None (super-resolution) the configs keep
+    their own mask.
     """
     from omegaconf import OmegaConf
 
@@ -195,7 +198,7 @@ def stage_config(stage: Stage, family: str, budget: float, runs: Path, stages: t
     config.training.validation_steps = iterations
     config.logging.log_interval = max(1, iterations // 20)
     datasets = [*config.training.datasets, *config.validation.datasets, config.inference.dataset]
-    if stages is STAGES:
+    if family is not None:
         for dataset in datasets:
             dataset.transforms.masking.name = MASK_NAMES[family]
     if stage.model_overrides:
@@ -332,13 +335,13 @@ def run(args: argparse.Namespace) -> int:
     from direct_nextaccel.benchmark.quality import FigureRequest, Method, run_benchmark
 
     stages = TASKS[args.task]
-    family = args.family if stages is STAGES else None  # super-resolution: the configs' own mask
+    family = args.family if args.task == "reconstruction" else None  # super-resolution: the configs' own mask
     for stage in stages:
         missing = stage_available(stage)
         if missing:
             print(f"{stage.name}: skipped ({missing})")
             continue
-        config = stage_config(stage, args.family, args.budget, runs, stages)
+        config = stage_config(stage, family, args.budget, runs, stages)
         checkpoint = train_stage(stage, config, data, runs, args.device)
         if not stage.benchmarked:
             continue

@@ -82,7 +82,7 @@ def test_baseline_step_schedule_is_stretched_with_its_budget(tmp_path):
 
 def test_superresolution_chain_keeps_its_mask_and_feeds_the_tokenizer_to_miar(tmp_path):
     stage = next(s for s in demo.SR_STAGES if s.name == "MIAR")
-    config = demo.stage_config(stage, "radial", 1.0, tmp_path, demo.SR_STAGES)
+    config = demo.stage_config(stage, None, 1.0, tmp_path, demo.SR_STAGES)
     datasets = [*config["training"]["datasets"], *config["validation"]["datasets"], config["inference"]["dataset"]]
     assert {d["transforms"]["masking"]["name"] for d in datasets} == {"SuperResolution"}
     assert config["model"]["tokenizer_checkpoint"] == str(tmp_path / "MSVQ-VAE" / "model_119.pt")

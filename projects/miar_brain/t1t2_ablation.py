@@ -47,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     stage = demo.Stage("MIAR-T1toT2", "tiny_miar_t1t2.yaml", args.iterations)
     methods = []
     for name, reference in RUNS.items():
-        config = demo.stage_config(stage, "cartesian_y", 1.0, runs, (stage,))
+        config = demo.stage_config(stage, None, 1.0, runs, (stage,))
         config["model"].update(tokenizer_checkpoint=str(args.tokenizer.resolve()), reference_contrast=reference)
         checkpoint = demo.train_stage(demo.Stage(name, stage.config, args.iterations), config, data, runs, args.device)
         for decoding, overrides in DECODINGS.items():
