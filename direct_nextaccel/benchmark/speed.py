@@ -581,7 +581,7 @@ def miar_runner(engine: Engine, mode: str, bf16: bool) -> Runner:
     """
     import torch
 
-    from direct_nextaccel.miar.images import center_crop_or_pad, low_resolution_image
+    from direct_nextaccel.miar.images import center_crop_or_pad
 
     miar = engine.miar
     options = {**engine.decoding, **decoding_options(mode)}
@@ -590,14 +590,7 @@ def miar_runner(engine: Engine, mode: str, bf16: bool) -> Runner:
         kspace = batch["masked_kspace"]
         sensitivity_map = engine.compute_sensitivity_map(batch["sensitivity_map"])
         clock("sensitivities")
-        image = low_resolution_image(
-            kspace,
-            batch["sampling_mask"],
-            sensitivity_map,
-            engine.backward_operator,
-            blur_sigma=engine.cfg.model.lr_blur_sigma,
-        )  # B, 2, H, W
-        lr_image = center_crop_or_pad(image, miar.image_size)  # B, 2, h, w
+        lr_image = engine.lr_image({**batch, "sensitivity_map": sensitivity_map})  # B, 2, h, w
         clock("lr_image")
         hook = miar.context_encoder.register_forward_hook(lambda *_: clock("lr_encoder"))
         try:

@@ -121,10 +121,10 @@ class MIAREngine(MRIModelEngine):
 
     def forward_function(self, data: dict[str, Any]) -> tuple[torch.Tensor, None]:
         """DIRECT's hook: the super-resolved image (B, H, W, 2) decoded as configured."""
-        return self._super_resolve(data, self._lr_image(data), self._reference_image(data)), None
+        return self._super_resolve(data, self.lr_image(data), self._reference_image(data)), None
 
-    def _lr_image(self, data: dict[str, Any]) -> torch.Tensor:
-        """LR input (B, 2, h, w) at the model size."""
+    def lr_image(self, data: dict[str, Any]) -> torch.Tensor:
+        """LR input (B, 2, h, w) at the model size, from a batch whose ``sensitivity_map`` is already computed."""
         image = low_resolution_image(
             data["masked_kspace"],
             data["sampling_mask"],
@@ -168,7 +168,7 @@ class MIAREngine(MRIModelEngine):
         output_image = None
         with autocast("cuda", enabled=self.mixed_precision):
             data["sensitivity_map"] = self.compute_sensitivity_map(data["sensitivity_map"])
-            lr_image, reference_image = self._lr_image(data), self._reference_image(data)
+            lr_image, reference_image = self.lr_image(data), self._reference_image(data)
             # Validation scores the teacher-forced loss too when the HR k-space is there; prediction usually has none.
             outputs = self._teacher_forced(data, lr_image, reference_image) if training or "kspace" in data else {}
             if not training:
