@@ -240,8 +240,10 @@ class MIAR(nn.Module):
         self.tokenizer.load_state_dict(state_dict)
         encoder_state = self.tokenizer.encoder.state_dict()
         if self.reference_contrast:
-            weight = encoder_state["conv_in.weight"]  # base, in_channels, 3, 3
-            encoder_state["conv_in.weight"] = torch.cat([weight, weight.new_zeros(weight.shape[0], 1, 3, 3)], dim=1)
+            weight = encoder_state["conv_in.weight"]  # base, in_channels, k, k
+            encoder_state["conv_in.weight"] = torch.cat(
+                [weight, weight.new_zeros(weight.shape[0], 1, *weight.shape[2:])], dim=1
+            )
         self.context_encoder.load_state_dict(encoder_state)
 
     # Inputs ---------------------------------------------------------------------------------------------------------
