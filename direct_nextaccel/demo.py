@@ -1,11 +1,12 @@
 """``direct-nextaccel demo``: every stage at tiny size on one CPU, then the benchmark table and figure.
 
-Stages run DIRECT's own ``direct train`` on the tiny configs in ``configs/`` (copied into the demo folder with the
-mask family, iteration budget and earlier stages' checkpoints filled in), then ``direct-nextaccel benchmark``
-reconstructs the held-out data with every trained model. A rerun reuses every stage whose final checkpoint and
-configuration are unchanged, so an interrupted demo resumes where it stopped. ``--task superresolution`` runs
-MIAR's chain (MSVQ-VAE, MIAR decoded with argmax and beam k = 1, 2, 3) against DIRECT's baselines on the 4 x 4
-super-resolution task instead. In both tasks every baseline trains on as many slices as the whole chain.
+Stages run DIRECT's own ``direct train`` on the tiny configs in ``direct_nextaccel/configs/`` (copied into the demo
+folder with the mask family, iteration budget and earlier stages' checkpoints filled in), then
+``direct-nextaccel benchmark`` reconstructs the held-out data with every trained model. A rerun reuses every stage
+whose final checkpoint and configuration are unchanged, so an interrupted demo resumes where it stopped.
+``--task superresolution`` runs MIAR's chain (MSVQ-VAE, MIAR decoded with argmax and beam k = 1, 2, 3) against
+DIRECT's baselines on the 4 x 4 super-resolution task instead. In both tasks every baseline trains on as many slices
+as the whole chain.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from pathlib import Path
 
 logger = logging.getLogger(__name__)
 
-REPO_CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+REPO_CONFIGS = Path(__file__).resolve().parent / "configs"
 FAMILY_CHOICES = ("cartesian_y", "cartesian_x", "radial", "gaussian2d")
 PHANTOM_CONTRASTS = (("T1", "AXT1"), ("T2", "AXT2"))  # fastMRI brain has no proton-density acquisition name
 
@@ -38,7 +39,7 @@ class Stage:
     name : str
         Folder and benchmark row name.
     config : str
-        Tiny config file name under ``configs/`` (``{family}`` is filled in).
+        Tiny config file name under ``direct_nextaccel/configs/`` (``{family}`` is filled in).
     iterations : int or None
         Training iterations at ``--budget 1``; None for a baseline, which trains as many iterations as the whole
         NextAccel chain (:func:`stage_iterations`), so every benchmarked method sees the same training slices.

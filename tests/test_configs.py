@@ -1,9 +1,9 @@
 """The E2EVarNet and RecurrentVarNet baseline configs load, merge and build exactly as ``direct train`` does.
 
-Every YAML under ``configs/`` and ``projects/*/configs/`` whose model is one of DIRECT's built-in baselines goes
-through DIRECT's own :func:`direct.environment.setup_common_environment` (structured merge that rejects unknown model
-keys, models built with ``filter_arguments_by_signature``, engine), then its losses, mask functions and transforms are
-built and one slice of a tiny fastMRI-layout volume is pushed through each dataset's transforms.
+Every YAML under ``direct_nextaccel/configs/`` and ``projects/*/configs/`` whose model is one of DIRECT's built-in
+baselines goes through DIRECT's own :func:`direct.environment.setup_common_environment` (structured merge that rejects
+unknown model keys, models built with ``filter_arguments_by_signature``, engine), then its losses, mask functions and
+transforms are built and one slice of a tiny fastMRI-layout volume is pushed through each dataset's transforms.
 """
 
 import pathlib
@@ -23,13 +23,14 @@ BASELINES = {
     "recurrentvarnet.recurrentvarnet.RecurrentVarNet": "recurrentvarnet",
 }
 EXPECTED = [f"projects/fastmri_brain/configs/baselines/{m}_{f}.yaml" for m in BASELINES.values() for f in FAMILIES]
-EXPECTED += [f"configs/tiny_varnet_{f}.yaml" for f in FAMILIES] + ["configs/tiny_recurrentvarnet_cartesian_y.yaml"]
+EXPECTED += [f"direct_nextaccel/configs/tiny_varnet_{f}.yaml" for f in FAMILIES]
+EXPECTED += ["direct_nextaccel/configs/tiny_recurrentvarnet_cartesian_y.yaml"]
 MATRIX, COILS = 64, 4
 
 
 def _baseline_configs() -> list[str]:
     """Reconstruction baselines at R = 32 (the super-resolution baselines are tested in tests/miar)."""
-    paths = sorted(REPO.glob("configs/*.yaml")) + sorted(REPO.glob("projects/*/configs/**/*.yaml"))
+    paths = sorted(REPO.glob("direct_nextaccel/configs/*.yaml")) + sorted(REPO.glob("projects/*/configs/**/*.yaml"))
     found = []
     for path in paths:
         config = OmegaConf.load(path)

@@ -81,7 +81,7 @@ def simulated_root(tmp_path_factory) -> Path:
 
 
 def test_direct_train_and_predict_with_plugin_mask_and_loss(simulated_root, tmp_path):
-    config = REPO / "configs" / "tiny_varnet_cartesian_y.yaml"
+    config = REPO / "direct_nextaccel" / "configs" / "tiny_varnet_cartesian_y.yaml"
     run(
         [
             "direct",

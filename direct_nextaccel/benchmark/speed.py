@@ -35,10 +35,12 @@ Configurations: ``paper`` and ``tiny`` per task.
 
 - reconstruction ``paper``: 256 x 256, 16 coils, the paper-size configs of ``projects/fastmri_brain/configs`` and
   the paper's transformer (NextAccel's constructor defaults); ``tiny``: 64 x 64, 4 coils, the CPU configs of
-  ``configs/`` and a three-block transformer (one per context stride), so that a test runs in seconds.
+  ``direct_nextaccel/configs/`` and a three-block transformer (one per context stride), so that a test runs in
+  seconds.
 - superresolution ``paper``: 256 x 256, 1 coil (MIAR's single-image setting, the data of ``projects/miar_brain``),
   ``projects/miar_brain/configs/{msvqvae,miar}.yaml`` and ``baselines/*_sr4.yaml``; ``tiny``: 64 x 64, 4 coils (the
-  data the tiny configs are written for), ``configs/tiny_{msvqvae,miar}.yaml`` and ``configs/tiny_sr_*.yaml``.
+  data the tiny configs are written for), ``direct_nextaccel/configs/tiny_{msvqvae,miar}.yaml`` and
+  ``direct_nextaccel/configs/tiny_sr_*.yaml``.
 """
 
 from __future__ import annotations
@@ -89,7 +91,7 @@ FAMILY = "cartesian_y"
 """Mask family of the benchmark batch, that of the baseline configs."""
 
 REPOSITORY = Path(__file__).resolve().parents[2]
-"""Checkout holding ``configs/`` and ``projects/`` (the default of ``--repo-root``)."""
+"""Checkout holding ``direct_nextaccel/configs/`` and ``projects/`` (the default of ``--repo-root``)."""
 
 WEIGHTS_NOTE = "randomly initialised: inference time does not depend on the weights' values"
 
@@ -130,9 +132,9 @@ SETUPS = {
     "tiny": Setup(
         matrix=(64, 64),
         coils=4,
-        aqvae_config="configs/tiny_aqvae.yaml",
-        varnet_config="configs/tiny_varnet_cartesian_y.yaml",
-        recurrentvarnet_config="configs/tiny_recurrentvarnet_cartesian_y.yaml",
+        aqvae_config="direct_nextaccel/configs/tiny_aqvae.yaml",
+        varnet_config="direct_nextaccel/configs/tiny_varnet_cartesian_y.yaml",
+        recurrentvarnet_config="direct_nextaccel/configs/tiny_recurrentvarnet_cartesian_y.yaml",
         transformer={"depth": 3, "embed_dim": 32, "num_heads": 2},
     ),
 }
@@ -224,13 +226,13 @@ SR_SETUPS = {
     "tiny": SuperResolutionSetup(
         matrix=(64, 64),
         coils=4,
-        coil_source="the data of configs/tiny_msvqvae.yaml and tiny_miar.yaml, simulated with --coils 4",
+        coil_source="the data of the tiny configs tiny_msvqvae.yaml and tiny_miar.yaml, simulated with --coils 4",
         factor=4,
-        msvqvae_config="configs/tiny_msvqvae.yaml",
-        miar_config="configs/tiny_miar.yaml",
-        varnet_config="configs/tiny_sr_varnet.yaml",
-        recurrentvarnet_config="configs/tiny_sr_recurrentvarnet.yaml",
-        unet_config="configs/tiny_sr_unet.yaml",
+        msvqvae_config="direct_nextaccel/configs/tiny_msvqvae.yaml",
+        miar_config="direct_nextaccel/configs/tiny_miar.yaml",
+        varnet_config="direct_nextaccel/configs/tiny_sr_varnet.yaml",
+        recurrentvarnet_config="direct_nextaccel/configs/tiny_sr_recurrentvarnet.yaml",
+        unet_config="direct_nextaccel/configs/tiny_sr_unet.yaml",
     ),
 }
 
@@ -1149,7 +1151,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
             help=f"{name} weights (DIRECT checkpoint) for {tasks}; default random",
         )
     parser.add_argument("--output", type=Path, metavar="FILE.json", help="also write the results as JSON")
-    parser.add_argument("--repo-root", type=Path, default=REPOSITORY, help="checkout holding configs/ and projects/")
+    parser.add_argument("--repo-root", type=Path, default=REPOSITORY, help="checkout holding projects/")
     parser.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
 
 

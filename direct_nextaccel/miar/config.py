@@ -1,7 +1,7 @@
 """DIRECT configuration dataclasses of the MIAR models (YAML keys under ``model:``).
 
 DIRECT builds a model from the keys its constructor accepts; the remaining keys configure the engine. Defaults are the
-paper's where it states them (``projects/miar_brain/configs``); tiny CPU values live in ``configs/``.
+paper's where it states them (``projects/miar_brain/configs``); tiny CPU values live in ``direct_nextaccel/configs/``.
 """
 
 from __future__ import annotations

@@ -9,8 +9,8 @@ next to the zero-padding reference::
         --iterations 1440 --output results/t1t2
 
 ``DATA`` has ``train/`` and ``val/`` with AXT1 and AXT2 files of the same subjects (``direct-nextaccel simulate``);
-the tokenizer is the MSVQ-VAE of ``configs/tiny_msvqvae.yaml`` (for example the one ``direct-nextaccel demo --task
-superresolution`` trains). Finished runs are reused when rerun, as in the demo.
+the tokenizer is the MSVQ-VAE of ``direct_nextaccel/configs/tiny_msvqvae.yaml`` (for example the one
+``direct-nextaccel demo --task superresolution`` trains). Finished runs are reused when rerun, as in the demo.
 """
 
 from __future__ import annotations

@@ -236,7 +236,7 @@ def test_files_without_a_known_contrast_or_target_are_skipped(data_root, tmp_pat
 @pytest.mark.slow
 def test_run_mode_reconstructs_with_direct_predict_and_measures_it(data_root, tmp_path, no_weights):
     """Train the tiny E2EVarNet baseline for 6 iterations, then benchmark it next to a config that cannot build."""
-    config = OmegaConf.load(REPO / "configs" / "tiny_varnet_cartesian_y.yaml")
+    config = OmegaConf.load(REPO / "direct_nextaccel" / "configs" / "tiny_varnet_cartesian_y.yaml")
     config.training.num_iterations = 6
     config.training.checkpointer.checkpoint_steps = 6
     config.training.validation_steps = 6

@@ -190,8 +190,8 @@ def test_tiny_superresolution_runs_miar_and_the_sr_baselines_and_writes_json(tmp
 
     assert result["task"] == "superresolution" and result["config"] == "tiny"
     assert result["matrix"] == [64, 64] and result["coils"] == 4 and "--coils 4" in result["coil_source"]
-    assert result["configs"]["miar"] == "configs/tiny_miar.yaml"
-    assert result["configs"]["unet"] == "configs/tiny_sr_unet.yaml"
+    assert result["configs"]["miar"] == "direct_nextaccel/configs/tiny_miar.yaml"
+    assert result["configs"]["unet"] == "direct_nextaccel/configs/tiny_sr_unet.yaml"
     assert set(result["weights"]) == {"msvqvae", "miar", "varnet", "recurrentvarnet", "unet"}
     assert all(value == speed.WEIGHTS_NOTE for value in result["weights"].values())
     assert [(row["name"], row["label"]) for row in result["rows"]] == [
@@ -205,7 +205,7 @@ def test_tiny_superresolution_runs_miar_and_the_sr_baselines_and_writes_json(tmp
         assert all(value > 0 for value in stages.values())
         assert sum(stages.values()) == pytest.approx(row["seconds_per_slice"]["median"])
     # MIAR's row counts its frozen tokenizer (the MSVQ-VAE) with the transformer and LR encoder.
-    tokenizer = speed.build_engine(speed.REPOSITORY / "configs/tiny_msvqvae.yaml").model
+    tokenizer = speed.build_engine(speed.REPOSITORY / "direct_nextaccel/configs/tiny_msvqvae.yaml").model
     assert result["rows"][0]["parameters"] > sum(p.numel() for p in tokenizer.parameters())
 
     medians = {row["name"]: row["seconds_per_slice"]["median"] for row in result["rows"]}

@@ -51,7 +51,7 @@ def build_engine(config_name: str, config_class, model_class, engine_class, **mo
     """A tiny config merged as DIRECT merges it, its model built from the constructor's keys, and the engine."""
     from direct.data.transforms import fft2
 
-    config = OmegaConf.load(REPO / "configs" / config_name)
+    config = OmegaConf.load(REPO / "direct_nextaccel" / "configs" / config_name)
     config.model = OmegaConf.merge(OmegaConf.structured(config_class), config.model, model_overrides)
     names = model_class.__init__.__code__.co_varnames
     keys = {k: v for k, v in config.model.items() if k in names}

@@ -20,7 +20,7 @@ from direct_nextaccel.miar.msvqvae import MSVQVAE
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 TINY = [
-    f"configs/tiny_{name}.yaml"
+    f"direct_nextaccel/configs/tiny_{name}.yaml"
     for name in ("msvqvae", "miar", "miar_t1t2", "sr_varnet", "sr_recurrentvarnet", "sr_unet")
 ]
 PROJECT = sorted(str(p.relative_to(REPO)) for p in (REPO / "projects" / "miar_brain" / "configs").rglob("*.yaml"))
@@ -105,9 +105,9 @@ def test_miar_configs_repeat_their_tokenizer_shape():
     shape_keys = [k for k in MSVQVAEConfig.__dataclass_fields__ if k in MIARConfig.__dataclass_fields__]
     shape_keys = [k for k in shape_keys if k not in ("model_name", "engine_name", "lr_schedule", "min_lr")]
     for tokenizer, miar in (
-        ("configs/tiny_msvqvae.yaml", "configs/tiny_miar.yaml"),
+        ("direct_nextaccel/configs/tiny_msvqvae.yaml", "direct_nextaccel/configs/tiny_miar.yaml"),
         ("projects/miar_brain/configs/msvqvae.yaml", "projects/miar_brain/configs/miar.yaml"),
-        ("configs/tiny_msvqvae.yaml", "configs/tiny_miar_t1t2.yaml"),
+        ("direct_nextaccel/configs/tiny_msvqvae.yaml", "direct_nextaccel/configs/tiny_miar_t1t2.yaml"),
         ("projects/miar_brain/configs/msvqvae.yaml", "projects/miar_brain/configs/miar_t1t2.yaml"),
     ):
         a = OmegaConf.merge(OmegaConf.structured(MSVQVAEConfig), OmegaConf.load(REPO / tokenizer).model)

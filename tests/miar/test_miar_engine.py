@@ -27,7 +27,7 @@ BIN = Path(sys.executable).parent
 
 
 def tokenizer_state() -> dict[str, torch.Tensor]:
-    yaml = OmegaConf.load(REPO / "configs" / "tiny_msvqvae.yaml").model
+    yaml = OmegaConf.load(REPO / "direct_nextaccel" / "configs" / "tiny_msvqvae.yaml").model
     config = OmegaConf.merge(OmegaConf.structured(MSVQVAEConfig), yaml)
     keys = {k: config[k] for k in MSVQVAE.__init__.__code__.co_varnames[1:] if k in config}
     torch.manual_seed(0)
@@ -144,7 +144,7 @@ def data_root(tmp_path_factory) -> Path:
 
 
 def short_config(tmp_path: Path, name: str, **model) -> Path:
-    config = OmegaConf.load(REPO / "configs" / f"{name}.yaml")
+    config = OmegaConf.load(REPO / "direct_nextaccel" / "configs" / f"{name}.yaml")
     config.training.num_iterations = 6  # DIRECT logs, validates and checkpoints from iteration 5
     config.training.checkpointer.checkpoint_steps = 6
     config.training.validation_steps = 6
@@ -230,8 +230,9 @@ def test_reference_contrast_without_reference_image_names_the_dataset(guided_eng
 
 @pytest.mark.slow
 def test_direct_train_and_predict_t1_guided_t2(tmp_path):
-    """`direct train` then `direct predict` of configs/tiny_miar_t1t2.yaml on a T1/T2 pair of one subject (the
-    tokenizer checkpoint is a freshly initialised tiny MSVQ-VAE: this checks the plumbing, not the quality)."""
+    """`direct train` then `direct predict` of direct_nextaccel/configs/tiny_miar_t1t2.yaml on a T1/T2 pair of one
+    subject (the tokenizer checkpoint is a freshly initialised tiny MSVQ-VAE: this checks the plumbing, not the
+    quality)."""
     data_root = tmp_path / "data"
     for acquisition, seed in (("AXT1", 1), ("AXT2", 2)):
         kspace, _ = simulate_volume(phantom(), coils=1, matrix=(64, 64), seed=seed)

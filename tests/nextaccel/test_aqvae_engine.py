@@ -23,7 +23,7 @@ from direct_nextaccel.nextaccel.config import AQVAEConfig
 from direct_nextaccel.tokenizer_engine import NonFiniteError
 
 REPO = Path(__file__).resolve().parents[2]
-TINY_CONFIG = REPO / "configs" / "tiny_aqvae.yaml"
+TINY_CONFIG = REPO / "direct_nextaccel" / "configs" / "tiny_aqvae.yaml"
 BIN = Path(sys.executable).parent
 
 

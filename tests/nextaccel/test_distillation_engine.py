@@ -34,7 +34,7 @@ from direct_nextaccel.nextaccel.nextaccel import NextAccel
 from direct_nextaccel.nextaccel.tokenizer_loading import tokenizer_arguments
 
 REPO = Path(__file__).resolve().parents[2]
-CONFIGS = REPO / "configs"
+CONFIGS = REPO / "direct_nextaccel" / "configs"
 PAPER_CONFIGS = REPO / "projects" / "fastmri_brain" / "configs"
 BIN = Path(sys.executable).parent
 CPU = ["--device", "cpu", "--num-gpus", "0", "--num-workers", "0"]
@@ -143,7 +143,8 @@ def checkpoints(tmp_path_factory) -> dict[str, Path]:
 
 
 def distill_config(tokenizer: Path, teacher: Path, teacher_overrides: dict | None = None, **model):
-    """configs/tiny_distill.yaml merged as DIRECT merges it, without the sensitivity model (a random tokenizer)."""
+    """direct_nextaccel/configs/tiny_distill.yaml merged as DIRECT merges it, without the sensitivity model (a random
+    tokenizer)."""
     config = OmegaConf.load(CONFIGS / "tiny_distill.yaml")
     config.model = OmegaConf.merge(OmegaConf.structured(NextAccelConfig), config.model, model)
     config.model.tokenizer_checkpoint = str(tokenizer)

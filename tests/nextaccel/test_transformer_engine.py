@@ -27,7 +27,7 @@ from direct_nextaccel.nextaccel.nextaccel import NextAccel
 from direct_nextaccel.nextaccel.transformer_engine import UNCERTAINTY_FOLDER, NextAccelEngine
 
 REPO = Path(__file__).resolve().parents[2]
-CONFIGS = REPO / "configs"
+CONFIGS = REPO / "direct_nextaccel" / "configs"
 PAPER_CONFIGS = REPO / "projects" / "fastmri_brain" / "configs"
 BIN = Path(sys.executable).parent
 CPU = ["--device", "cpu", "--num-gpus", "0", "--num-workers", "0"]
