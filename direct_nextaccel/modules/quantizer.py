@@ -7,6 +7,7 @@ mixed into a single EMA update, which is why the quantizer separates :meth:`Shar
 """
 
 import logging
+import math
 from collections.abc import Callable, Sequence
 
 import torch
@@ -116,8 +117,17 @@ class SharedCodebookQuantizer(nn.Module):
     ema_decay : float
         EMA decay of cluster sizes and code sums, in [0, 1).
     dead_code_threshold : float
-        Codes whose EMA cluster size falls below it are re-initialised from random encoder vectors of the step;
-        0 switches this off (paper setting).
+        Dead-code restart. A code's EMA cluster size is the EMA of the number of vectors assigned to it per
+        :meth:`ema_update` (summed over every grid of the step and, under ``torch.distributed``, over all ranks).
+        After each update, every code whose cluster size is below this threshold is re-initialised to a randomly
+        chosen non-zero encoder vector of that step (drawn on every rank and all-gathered, so all ranks revive the
+        same codes with the same vectors), with cluster size reset to the threshold and code sum to ``threshold *
+        vector``; codes at or above it are left exactly as the EMA step made them. 1.0 means "restart codes used
+        less than once per step on average", the setting long runs need. 0 switches restarts off and keeps the
+        plain EMA of the paper setting (Sonnet's ``VectorQuantizerEMA`` smoothing), under which a code that receives
+        no vector decays to the origin after about ``ln(eps) / ln(ema_decay)`` updates (1.1k at 0.99 with eps 1e-5):
+        the Laplace smoothing keeps ``eps`` in the denominator while the code sum keeps decaying. Positive values
+        below ``100 * eps`` are refused, since codes would shrink toward the origin before they count as dead.
     kmeans_init : bool
         Initialise the codebook with a few k-means iterations on the first training batch instead of keeping the
         random normal initialisation.
@@ -147,8 +157,13 @@ class SharedCodebookQuantizer(nn.Module):
             raise ValueError(f"ema_decay {ema_decay} is not in [0, 1)")
         if beta < 0:
             raise ValueError(f"commitment weight beta {beta} is negative")
-        if dead_code_threshold < 0:
-            raise ValueError(f"dead_code_threshold {dead_code_threshold} is negative")
+        if not (math.isfinite(dead_code_threshold) and dead_code_threshold >= 0):
+            raise ValueError(f"dead_code_threshold {dead_code_threshold} is not a finite non-negative number")
+        if 0 < dead_code_threshold < 100 * eps:
+            raise ValueError(
+                f"dead_code_threshold {dead_code_threshold} is positive but below 100 * eps = {100 * eps:g}: unused "
+                "codes would shrink toward the origin before counting as dead; use 0 (off) or about 1"
+            )
         self.codebook_size = codebook_size
         self.dim = dim
         self.beta = beta
@@ -160,8 +175,10 @@ class SharedCodebookQuantizer(nn.Module):
 
         codebook = torch.randn(codebook_size, dim)
         self.register_buffer("codebook", codebook)  # V, D
-        # Cluster sizes start at one with sums equal to the codes, so an unused code decays in both numerator and
-        # denominator and stays where it is instead of collapsing towards zero.
+        # Cluster sizes start at one with sums equal to the codes, so each code starts as its own cluster mean. An
+        # unused code's size and sum then both decay by ema_decay per update, but the Laplace smoothing keeps eps in
+        # the denominator: once the size nears eps (about ln(eps) / ln(ema_decay) updates, 1.1k at 0.99) the code
+        # collapses to the origin. Only dead_code_threshold > 0 prevents that, by restarting such codes.
         self.register_buffer("ema_cluster_size", torch.ones(codebook_size))  # V
         self.register_buffer("ema_embed_sum", codebook.clone())  # V, D
         self.register_buffer("initialized", torch.tensor(not kmeans_init))
@@ -294,23 +311,48 @@ class SharedCodebookQuantizer(nn.Module):
         total = self.ema_cluster_size.sum()
         smoothed = (self.ema_cluster_size + self.eps) / (total + self.codebook_size * self.eps) * total  # V
         self.codebook.copy_(self.ema_embed_sum / smoothed.unsqueeze(1))
-        if self.dead_code_threshold > 0:
+        if self.dead_code_threshold > 0 and self._pending_vectors:
             self._reinit_dead_codes(torch.cat(self._pending_vectors))
         self._pending_counts = self._pending_sums = None
         self._pending_vectors = []
 
-    def _reinit_dead_codes(self, vectors: torch.Tensor) -> None:
-        dead = self.ema_cluster_size < self.dead_code_threshold  # V, identical on all ranks after the all-reduce
+    def _reinit_dead_codes(self, vectors: torch.Tensor) -> int:
+        """Restart the codes whose EMA cluster size is below the threshold; returns how many were restarted.
+
+        The dead set is identical on all ranks (the statistics were all-reduced and the ranks synced at the start).
+        Each rank draws ``num_dead`` distinct candidates from its own non-zero finite vectors (a rank with none sends
+        NaN rows); the candidates are all-gathered and dead code ``j`` takes candidate ``j`` of usable rank
+        ``j mod (number of usable ranks)``, so every rank writes the same vectors and every rank's data is used.
+        """
+        dead = self.ema_cluster_size < self.dead_code_threshold  # V
         num_dead = int(dead.sum())
         if num_dead == 0:
-            return
-        fresh = vectors[torch.randint(len(vectors), (num_dead,), device=vectors.device)].to(self.codebook)
-        if _distributed():
-            dist.broadcast(fresh, src=0)
+            return 0
+        usable = vectors[(vectors.abs().amax(dim=1) > 0) & torch.isfinite(vectors).all(dim=1)]  # n, D
+        if len(usable) >= num_dead:
+            candidates = usable[torch.randperm(len(usable), device=usable.device)[:num_dead]]
+        elif len(usable) > 0:
+            candidates = usable[torch.randint(len(usable), (num_dead,), device=usable.device)]
+        else:
+            candidates = vectors.new_full((num_dead, self.dim), float("nan"))
+        candidates = candidates.to(self.codebook).contiguous()  # K, D
+        if _distributed() and dist.get_world_size() > 1:
+            gathered = [torch.empty_like(candidates) for _ in range(dist.get_world_size())]
+            dist.all_gather(gathered, candidates)
+            stacked = torch.stack(gathered)  # W, K, D
+        else:
+            stacked = candidates[None]
+        ranks = torch.isfinite(stacked).all(dim=2).all(dim=1).nonzero().flatten()  # usable ranks
+        if len(ranks) == 0:
+            logger.warning("%d dead codes not restarted: the step held no non-zero encoder vector", num_dead)
+            return 0
+        slots = torch.arange(num_dead, device=stacked.device)
+        fresh = stacked[ranks[slots % len(ranks)], slots]  # K, D
         self.codebook[dead] = fresh
         self.ema_cluster_size[dead] = self.dead_code_threshold
         self.ema_embed_sum[dead] = fresh * self.dead_code_threshold
         logger.debug("re-initialised %d dead codes", num_dead)
+        return num_dead
 
     @torch.no_grad()
     def _init_from_kmeans(self, vectors: torch.Tensor) -> None:

@@ -172,6 +172,8 @@ def test_lookup_roundtrip_and_errors():
         ({"codebook_size": 0}, "codebook_size 0"),
         ({"beta": -1.0}, "beta -1.0"),
         ({"dead_code_threshold": -0.5}, "dead_code_threshold -0.5"),
+        ({"dead_code_threshold": float("nan")}, "dead_code_threshold nan"),
+        ({"dead_code_threshold": 1e-4, "eps": 1e-5}, r"dead_code_threshold 0\.0001 is positive but below 100 \* eps"),
     ],
 )
 def test_bad_constructor_arguments(kwargs, message):
@@ -206,6 +208,106 @@ def test_dead_code_reinit_is_off_by_default():
     quantizer.quantize(torch.zeros(1, 2, 1, 3), accumulate=True)
     quantizer.ema_update()
     torch.testing.assert_close(quantizer.codebook[1], codebook[1], atol=1e-3, rtol=0)
+
+
+def _two_cluster_batch(generator: torch.Generator, n: int = 16) -> torch.Tensor:
+    """A (1, 3, 1, n) grid of vectors around (+5, 0, 0) and (-5, 0, 0) only: norms between 4 and 6."""
+    centres = torch.tensor([[5.0, 0.0, 0.0], [-5.0, 0.0, 0.0]])
+    vectors = centres[torch.arange(n) % 2] + 0.2 * torch.randn(n, 3, generator=generator)
+    return vectors.T[None, :, None, :]
+
+
+def _far_codebook() -> torch.Tensor:
+    """Codes 0 and 1 on the two clusters, codes 2..7 far from every vector, so only 0 and 1 are ever hit."""
+    far = 20.0 * torch.tensor([[0, 1, 0], [0, -1, 0], [0, 0, 1], [0, 0, -1], [0, 1, 1], [0, -1, -1]])
+    return torch.cat([torch.tensor([[5.0, 0.0, 0.0], [-5.0, 0.0, 0.0]]), far.float()])
+
+
+def _old_ema_update(codebook, sizes, sums, counts, step_sums, decay, eps):
+    """The EMA step as it was before dead-code restarts were fixed (the paper setting), for comparison."""
+    sizes = sizes.mul(decay).add(counts, alpha=1 - decay)
+    sums = sums.mul(decay).add(step_sums, alpha=1 - decay)
+    total = sizes.sum()
+    smoothed = (sizes + eps) / (total + len(sizes) * eps) * total
+    return sums / smoothed.unsqueeze(1), sizes, sums
+
+
+def test_threshold_zero_is_the_plain_ema_and_unused_codes_collapse_to_the_origin():
+    # The paper setting, kept exactly: codes 2..7 never receive a vector and end at the origin after ~1.1k steps
+    # at ema_decay 0.99 (ln(1e-5) / ln(0.99)), which is why long runs need dead_code_threshold > 0.
+    generator = torch.Generator().manual_seed(0)
+    quantizer = _quantizer(_far_codebook(), ema_decay=0.99, eps=1e-5)
+    codebook, sizes, sums = _far_codebook(), torch.ones(8), _far_codebook()
+    rng_before = torch.get_rng_state()
+    for _ in range(2000):
+        z = _two_cluster_batch(generator)
+        _, indices, _ = quantizer.quantize(z, accumulate=True)
+        quantizer.ema_update()
+        flat = z[0, :, 0].T
+        counts = torch.bincount(indices.flatten(), minlength=8).float()
+        step_sums = torch.zeros(8, 3).index_add_(0, indices.flatten(), flat)
+        codebook, sizes, sums = _old_ema_update(codebook, sizes, sums, counts, step_sums, 0.99, 1e-5)
+        assert torch.equal(quantizer.codebook, codebook)
+        assert torch.equal(quantizer.ema_cluster_size, sizes)
+    assert torch.equal(torch.get_rng_state(), rng_before)  # no restart draws at threshold 0
+    assert quantizer.codebook[2:].norm(dim=1).max() < 1e-2  # 20 -> below 0.01: collapsed
+    assert (quantizer.codebook[:2].norm(dim=1) > 4).all()
+
+
+def test_dead_codes_are_restarted_on_long_runs_and_live_codes_untouched():
+    # Each step is checked against a threshold-0 twin started from the same state and fed the same batch: codes
+    # at or above the threshold must equal the plain EMA bit for bit, codes below it must equal a vector of the batch.
+    generator = torch.Generator().manual_seed(1)
+    torch.manual_seed(1)
+    quantizer = _quantizer(_far_codebook(), ema_decay=0.99, dead_code_threshold=1.0)
+    restarted_steps = 0
+    for _ in range(2000):
+        z = _two_cluster_batch(generator)
+        twin = _quantizer(_far_codebook(), ema_decay=0.99)
+        twin.load_state_dict(quantizer.state_dict())
+        quantizer.quantize(z, accumulate=True)
+        twin.quantize(z, accumulate=True)
+        quantizer.ema_update()
+        twin.ema_update()
+        dead = twin.ema_cluster_size < 1.0
+        live = ~dead
+        assert torch.equal(quantizer.codebook[live], twin.codebook[live])
+        assert torch.equal(quantizer.ema_cluster_size[live], twin.ema_cluster_size[live])
+        assert torch.equal(quantizer.ema_embed_sum[live], twin.ema_embed_sum[live])
+        vectors = z[0, :, 0].T  # 16, 3
+        for row in quantizer.codebook[dead]:
+            assert (vectors == row).all(dim=1).any()
+        if dead.any():
+            restarted_steps += 1
+            assert (quantizer.ema_cluster_size[dead] == 1.0).all()
+            torch.testing.assert_close(quantizer.ema_embed_sum[dead], quantizer.codebook[dead], rtol=0, atol=0)
+        # Never at, nor on the way to, the origin: every code stays as far out as the data (norms 4..6) or further.
+        assert quantizer.codebook.norm(dim=1).min() > 3.5
+    # Codes 2..7 start at size 1 and die at the first update; restarted into the clusters they soon share the 16
+    # vectors per step with codes 0 and 1, and at the end every code is in use (size at least 1 per step).
+    assert restarted_steps >= 1
+    assert quantizer.ema_cluster_size.min() >= 1.0
+
+
+def test_restarted_codes_are_distinct_non_zero_vectors():
+    codebook = torch.tensor([[1.0, 0.0], [0.0, 30.0], [0.0, -30.0], [30.0, 30.0]])
+    quantizer = _quantizer(codebook, ema_decay=0.5, dead_code_threshold=1.0)
+    vectors = torch.tensor([[0.0, 0.0], [1.0, 0.5], [0.0, 0.0], [1.0, -0.5], [0.8, 0.0], [0.0, 0.0]])
+    quantizer.quantize(vectors.T[None, :, None, :], accumulate=True)
+    quantizer.ema_update()
+    revived = quantizer.codebook[1:]
+    nonzero = vectors[vectors.abs().sum(1) > 0]
+    assert sorted(map(tuple, revived.tolist())) == sorted(map(tuple, nonzero.tolist()))
+
+
+def test_no_restart_from_an_all_zero_step(caplog):
+    codebook = torch.tensor([[1.0, 0.0], [0.0, 30.0]])
+    quantizer = _quantizer(codebook, ema_decay=0.5, dead_code_threshold=1.0)
+    with caplog.at_level("WARNING", logger="direct_nextaccel.modules.quantizer"):
+        quantizer.quantize(torch.zeros(1, 2, 1, 4), accumulate=True)
+        quantizer.ema_update()
+    assert "1 dead codes not restarted" in caplog.text
+    assert quantizer.codebook[1].norm() > 10  # left to the plain EMA this step, not moved to the zero vector
 
 
 def test_kmeans_init_finds_the_clusters_once():
@@ -280,6 +382,59 @@ def _distributed_rank(rank: int, port: int, codebook: torch.Tensor, data: torch.
     # Plain lists: a tensor would travel as a shared-memory handle that dies with this process.
     results.put((rank, quantizer.codebook.tolist(), quantizer.ema_cluster_size.tolist()))
     dist.destroy_process_group()
+
+
+def _dead_code_rank(rank: int, port: int, codebook: torch.Tensor, data: torch.Tensor, results) -> None:
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    torch.manual_seed(100 + rank)  # the ranks' own random streams differ, as under DDP with per-rank seeds
+    quantizer = _quantizer(codebook, ema_decay=0.5, dead_code_threshold=1.0)
+    quantizer.quantize(data[rank], accumulate=True)
+    quantizer.ema_update()
+    results.put((rank, quantizer.codebook.tolist(), quantizer.ema_cluster_size.tolist()))
+    dist.destroy_process_group()
+
+
+def _run_two_ranks(target, codebook: torch.Tensor, data: torch.Tensor) -> dict:
+    # fork, not spawn: a spawned interpreter spends seconds importing torch. The children only touch tensors far
+    # below PyTorch's parallel grain size, so no inherited thread pool is used.
+    context = multiprocessing.get_context("fork")
+    results = context.Queue()
+    port = _free_port()
+    workers = [
+        context.Process(target=target, args=(rank, port, codebook, data, results), daemon=True) for rank in range(2)
+    ]
+    for worker in workers:
+        worker.start()
+    try:
+        outcome = {
+            rank: (torch.tensor(book), torch.tensor(sizes))
+            for rank, book, sizes in (results.get(timeout=60) for _ in workers)
+        }
+        for worker in workers:
+            worker.join(timeout=60)
+            assert worker.exitcode == 0
+    finally:
+        for worker in workers:
+            if worker.is_alive():
+                worker.terminate()
+    return outcome
+
+
+@pytest.mark.filterwarnings("ignore:This process .* is multi-threaded:DeprecationWarning")
+def test_dead_code_restart_is_identical_on_every_rank():
+    # Codes 1..4 are never hit; each rank has its own batch. Both ranks must restart the same codes with the same
+    # vectors, drawn from both ranks' batches in turn.
+    codebook = torch.tensor([[0.0, 0.0], [50.0, 0.0], [-50.0, 0.0], [0.0, 50.0], [0.0, -50.0]])
+    data = torch.stack([torch.rand(1, 2, 2, 3) + 1.0, -torch.rand(1, 2, 2, 3) - 1.0])  # rank 0 > 0, rank 1 < 0
+    outcome = _run_two_ranks(_dead_code_rank, codebook, data)
+    (book0, sizes0), (book1, sizes1) = outcome[0], outcome[1]
+    assert torch.equal(book0, book1) and torch.equal(sizes0, sizes1)
+    vectors = [data[rank].permute(0, 2, 3, 1).reshape(-1, 2) for rank in range(2)]
+    for slot, row in enumerate(book0[1:]):
+        assert (vectors[slot % 2] == row).all(dim=1).any(), (slot, row)
+    assert (sizes0[1:] == 1.0).all()
 
 
 @pytest.mark.filterwarnings("ignore:This process .* is multi-threaded:DeprecationWarning")
