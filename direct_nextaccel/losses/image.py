@@ -12,31 +12,64 @@ Intensity conventions (per image, from the target only, so that the scale is not
 
 - ``ssim_magnitude_loss``: SSIM data range = the target image's maximum.
 - ``haarpsi_loss``, ``gmsd_loss``: both images divided by the target image's maximum, then clipped to [0, 1].
-- ``lpips_loss``: both images divided by the target image's maximum and mapped to [-1, 1] (no clipping), repeated
-  to 3 channels.
-"""
+- ``lpips_loss`` / ``lpips_alex_loss`` (AlexNet trunk, LPIPS's default), ``lpips_vgg_loss`` (VGG16 trunk): both
+  images divided by the target image's maximum and mapped to [-1, 1] (no clipping), repeated to 3 channels.
 
-import os
+Every loss refuses NaN or Inf in either image with :class:`NonFiniteInputError`, naming the loss, the image
+(source or target) and the batch indices; DIRECT does not pass file names or slice numbers to a loss.
+"""
 
 import piq
 import torch
 from direct.functionals import SSIMLoss
 from direct.nn.mri_models import _compute_resolution, _crop_volume, _reduce_slice_dim
 
-from direct_nextaccel.losses.perceptual import LPIPS_BACKBONES, lpips_network
+from direct_nextaccel.losses.perceptual import lpips_network
 
-LPIPS_BACKBONE_ENV = "DIRECT_NEXTACCEL_LPIPS_BACKBONE"
 REDUCTIONS = ("mean", "sum")
+LPIPS_LOSSES = {"lpips_loss": "alex", "lpips_alex_loss": "alex", "lpips_vgg_loss": "vgg"}
+"""Registered LPIPS loss name -> trunk (a key of :data:`~direct_nextaccel.losses.perceptual.LPIPS_BACKBONES`)."""
+
+
+class NonFiniteInputError(FloatingPointError):
+    """A plugin loss was given a NaN or Inf image.
+
+    Not a RuntimeError: DIRECT's training loop catches RuntimeError to write a checkpoint, and a model that has seen
+    a non-finite batch must not be saved (the plugin engines' ``NonFiniteError`` follows the same rule).
+    """
+
+
+def _refuse_non_finite(loss: str, source: torch.Tensor, target: torch.Tensor) -> None:
+    """Raise :class:`NonFiniteInputError` when either image holds a NaN or Inf, naming the batch indices."""
+    if bool(torch.isfinite(source).all() & torch.isfinite(target).all()):
+        return
+    problems = []
+    for role, tensor in (("target (the data)", target), ("source (the model's output)", source)):
+        bad = ~torch.isfinite(tensor)
+        if not bad.any():
+            continue
+        indices = bad.reshape(bad.shape[0], -1).any(dim=1).nonzero().flatten().tolist()
+        where = f"batch index {indices[0]}" if len(indices) == 1 else f"batch indices {indices}"
+        nan = int(torch.isnan(tensor).sum())
+        problems.append(f"{role} has {nan} NaN and {int(bad.sum()) - nan} Inf values at {where}")
+    raise NonFiniteInputError(f"{loss} refuses non-finite input: {'; '.join(problems)}")
 
 
 def _prepare(
-    source: torch.Tensor, target: torch.Tensor, reduction: str, reconstruction_size: list | tuple | None
+    loss: str,
+    source: torch.Tensor,
+    target: torch.Tensor,
+    reduction: str,
+    reconstruction_size: list | tuple | None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Check the arguments, fold slices into the batch and centre-crop; returns two (N, 1, h, w) tensors."""
+    """Check the arguments and finiteness, fold slices into the batch and centre-crop; two (N, 1, h, w) tensors."""
     if reduction not in REDUCTIONS:
         raise ValueError(f"reduction {reduction!r} is not supported; use one of {REDUCTIONS}")
     if source.shape != target.shape:
         raise ValueError(f"source shape {tuple(source.shape)} differs from target shape {tuple(target.shape)}")
+    if source.ndim not in (3, 4):
+        raise ValueError(f"expected magnitude images (B, H, W) or (B, S, H, W), got shape {tuple(source.shape)}")
+    _refuse_non_finite(loss, source, target)
     if source.ndim == 4:
         source, target = _reduce_slice_dim(source, target)
     elif source.ndim != 3:
@@ -93,7 +126,7 @@ def ssim_magnitude_loss(
     torch.Tensor
         Scalar loss, 0 for identical images.
     """
-    source, target = _prepare(source, target, reduction, reconstruction_size)
+    source, target = _prepare("ssim_magnitude_loss", source, target, reduction, reconstruction_size)
     with torch.autocast(source.device.type, enabled=False):
         source, target = _full_precision(source, target)
         ssim = SSIMLoss().to(source)
@@ -132,7 +165,7 @@ def haarpsi_loss(
     torch.Tensor
         Scalar loss, 0 for identical images.
     """
-    source, target = _prepare(source, target, reduction, reconstruction_size)
+    source, target = _prepare("haarpsi_loss", source, target, reduction, reconstruction_size)
     with torch.autocast(source.device.type, enabled=False):
         source, target = _unit_range(*_full_precision(source, target))
         per_image = 1.0 - piq.haarpsi(source, target, reduction="none", data_range=1.0)
@@ -167,10 +200,29 @@ def gmsd_loss(
     torch.Tensor
         Scalar loss, 0 for identical images.
     """
-    source, target = _prepare(source, target, reduction, reconstruction_size)
+    source, target = _prepare("gmsd_loss", source, target, reduction, reconstruction_size)
     with torch.autocast(source.device.type, enabled=False):
         source, target = _unit_range(*_full_precision(source, target))
         per_image = piq.gmsd(source, target, reduction="none", data_range=1.0)
+    return _reduce(per_image, reduction)
+
+
+def _lpips(
+    loss: str,
+    source: torch.Tensor,
+    target: torch.Tensor,
+    reduction: str,
+    reconstruction_size: list | tuple | None,
+) -> torch.Tensor:
+    backbone = LPIPS_LOSSES[loss]
+    source, target = _prepare(loss, source, target, reduction, reconstruction_size)
+    network = lpips_network(backbone, source.device)
+    with torch.autocast(source.device.type, enabled=False):
+        source, target = _full_precision(source, target)
+        scale = _target_max(target)
+        source = (2.0 * source / scale - 1.0).expand(-1, 3, -1, -1)  # N, 3, h, w
+        target = (2.0 * target / scale - 1.0).expand(-1, 3, -1, -1)
+        per_image = network(source, target).flatten()  # N
     return _reduce(per_image, reduction)
 
 
@@ -180,12 +232,12 @@ def lpips_loss(
     reduction: str = "mean",
     reconstruction_size: list | tuple | None = None,
 ) -> torch.Tensor:
-    """LPIPS distance of magnitude images, with the trunk named by ``$DIRECT_NEXTACCEL_LPIPS_BACKBONE``.
+    """LPIPS distance of magnitude images with the AlexNet trunk (the LPIPS package's default; = ``lpips_alex_loss``).
 
-    The backbone is ``"alex"`` (default) or ``"vgg"``; its torchvision checkpoint is read from local disk (see
-    :mod:`direct_nextaccel.weights`) and the network is built once per (backbone, weight file, device). Both
-    images are divided by the target image's maximum, mapped to [-1, 1] without clipping (gradients everywhere)
-    and repeated to 3 channels; the network runs in float32.
+    The trunk's torchvision checkpoint (``alexnet-owt-7be5be79.pth``; ``vgg16-397923af.pth`` for
+    :func:`lpips_vgg_loss`) is read from local disk (see :mod:`direct_nextaccel.weights`) and the network is built
+    once per (trunk, weight file, device). Both images are divided by the target image's maximum, mapped to
+    [-1, 1] without clipping (gradients everywhere) and repeated to 3 channels; the network runs in float32.
 
     Parameters
     ----------
@@ -206,18 +258,29 @@ def lpips_loss(
     Raises
     ------
     PerceptualBackboneUnavailable
-        The torchvision checkpoint is not on this machine (the message names the file and
-        ``DIRECT_NEXTACCEL_WEIGHTS_DIR``).
+        At the first call, when the checkpoint is not on this machine (one line naming the file and
+        ``DIRECT_NEXTACCEL_WEIGHTS_DIR``). A FileNotFoundError, so DIRECT's training loop lets it through unchanged.
+    NonFiniteInputError
+        Either image holds a NaN or Inf.
     """
-    backbone = os.environ.get(LPIPS_BACKBONE_ENV) or "alex"
-    if backbone not in LPIPS_BACKBONES:
-        raise ValueError(f"{LPIPS_BACKBONE_ENV}={backbone!r} is not an LPIPS backbone {tuple(LPIPS_BACKBONES)}")
-    source, target = _prepare(source, target, reduction, reconstruction_size)
-    network = lpips_network(backbone, source.device)
-    with torch.autocast(source.device.type, enabled=False):
-        source, target = _full_precision(source, target)
-        scale = _target_max(target)
-        source = (2.0 * source / scale - 1.0).expand(-1, 3, -1, -1)  # N, 3, h, w
-        target = (2.0 * target / scale - 1.0).expand(-1, 3, -1, -1)
-        per_image = network(source, target).flatten()  # N
-    return _reduce(per_image, reduction)
+    return _lpips("lpips_loss", source, target, reduction, reconstruction_size)
+
+
+def lpips_alex_loss(
+    source: torch.Tensor,
+    target: torch.Tensor,
+    reduction: str = "mean",
+    reconstruction_size: list | tuple | None = None,
+) -> torch.Tensor:
+    """LPIPS with the AlexNet trunk, the same as :func:`lpips_loss`, under a name that says so."""
+    return _lpips("lpips_alex_loss", source, target, reduction, reconstruction_size)
+
+
+def lpips_vgg_loss(
+    source: torch.Tensor,
+    target: torch.Tensor,
+    reduction: str = "mean",
+    reconstruction_size: list | tuple | None = None,
+) -> torch.Tensor:
+    """LPIPS with the VGG16 trunk (``vgg16-397923af.pth``); conventions and errors as :func:`lpips_loss`."""
+    return _lpips("lpips_vgg_loss", source, target, reduction, reconstruction_size)

@@ -9,7 +9,9 @@ When a file is missing the builders raise :class:`PerceptualBackboneUnavailable`
 
 import functools
 import logging
+import pickle
 import warnings
+from collections.abc import Mapping
 from pathlib import Path
 
 import lpips
@@ -29,9 +31,18 @@ _DISTS_LAYERS = ("relu1_2", "relu2_2", "relu3_3", "relu4_3", "relu5_3")
 _DISTS_CHANNELS = (3, 64, 128, 256, 512, 512)  # the input itself, then each DISTS layer
 
 
-class PerceptualBackboneUnavailable(RuntimeError):
+_UNREADABLE = (RuntimeError, EOFError, pickle.UnpicklingError, ValueError, TypeError, AttributeError)
+"""What ``torch.load`` raises for a truncated, corrupt or foreign file (an OSError such as a missing file passes)."""
+
+
+class PerceptualBackboneUnavailable(FileNotFoundError):
     """Pretrained weights of a perceptual network are not on this machine; the message names the file and the
-    environment variable ``DIRECT_NEXTACCEL_WEIGHTS_DIR`` that points at a folder holding it."""
+    environment variable ``DIRECT_NEXTACCEL_WEIGHTS_DIR`` that points at a folder holding it.
+
+    A FileNotFoundError, not a RuntimeError: DIRECT's training loop catches RuntimeError to checkpoint and write its
+    logs, and at iteration 0 that log writer divides by zero, so a RuntimeError raised by a loss at the first
+    iteration reaches the user as DIRECT's ZeroDivisionError instead of this message.
+    """
 
 
 def _weight_file(name: str, weights_path: str | Path | None, network: str) -> Path:
@@ -51,11 +62,35 @@ def _torchvision_features(path: Path, name: str) -> dict[str, torch.Tensor]:
 
     Only the convolutional trunk is read, so a checkpoint holding just ``features.*`` is enough.
     """
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    state = _load_file(path, f"torchvision {name} checkpoint")
     features = {key.removeprefix("features."): value for key, value in state.items() if key.startswith("features.")}
     if not features:
         raise ValueError(f"{path} has no 'features.*' entries: it is not a torchvision {name} checkpoint")
     return features
+
+
+def _load_file(path: Path, kind: str) -> Mapping:
+    """``torch.load`` of a weight file as a mapping; a file that is not one gives a one-line ValueError naming it.
+
+    ValueError, not the RuntimeError torch raises for a corrupt file, for the reason given in
+    :class:`PerceptualBackboneUnavailable`.
+    """
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except _UNREADABLE as error:
+        first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        raise ValueError(f"{path} cannot be read as a {kind}: {first_line}") from None
+    if not isinstance(state, Mapping):
+        raise ValueError(f"{path} holds a {type(state).__name__}, not the state dict of a {kind}")
+    return state
+
+
+def _load_trunk(module: torch.nn.Module, state: dict[str, torch.Tensor], path: Path, kind: str) -> None:
+    try:
+        module.load_state_dict(state)
+    except RuntimeError as error:
+        last_line = (str(error).strip().splitlines() or ["shape mismatch"])[-1].strip()
+        raise ValueError(f"{path} does not fit the {kind}: {last_line}") from None
 
 
 def build_lpips(
@@ -111,7 +146,7 @@ def build_lpips(
         if index_and_parameter not in features:
             raise ValueError(f"{path} lacks 'features.{index_and_parameter}': it is not a torchvision {weight_name}")
         trunk[key] = features[index_and_parameter]
-    model.net.load_state_dict(trunk)
+    _load_trunk(model.net, trunk, path, f"LPIPS-{backbone} trunk ({weight_name})")
     return model.eval().requires_grad_(False)
 
 
@@ -188,10 +223,14 @@ def build_dists(
             raise
         logger.warning("DISTS disabled: %s", error)
         return None
-    dists_weights = torch.load(dists_file, map_location="cpu", weights_only=True)
+    dists_weights = _load_file(dists_file, "piq dists_weights.pt")
     if not {"alpha", "beta"} <= set(dists_weights):
         raise ValueError(f"{dists_file} has no 'alpha'/'beta' entries: it is not piq's dists_weights.pt")
-    model = OfflineDISTS(_torchvision_features(vgg_file, "vgg16"), dists_weights)
+    try:
+        model = OfflineDISTS(_torchvision_features(vgg_file, "vgg16"), dists_weights)
+    except RuntimeError as error:
+        last_line = (str(error).strip().splitlines() or ["shape mismatch"])[-1].strip()
+        raise ValueError(f"{vgg_file} and {dists_file} do not fit DISTS: {last_line}") from None
     return model.eval().requires_grad_(False)
 
 

@@ -5,13 +5,29 @@ import pytest
 import torch
 from direct.utils import multiply_function
 from torchvision.models import alexnet
+from torchvision.models.vgg import cfgs, make_layers
 
-from direct_nextaccel.losses import image, perceptual
-from direct_nextaccel.losses.image import LPIPS_BACKBONE_ENV, gmsd_loss, haarpsi_loss, lpips_loss, ssim_magnitude_loss
-from direct_nextaccel.losses.perceptual import PerceptualBackboneUnavailable, build_lpips, lpips_network
+from direct_nextaccel.losses import perceptual
+from direct_nextaccel.losses.image import (
+    LPIPS_LOSSES,
+    NonFiniteInputError,
+    gmsd_loss,
+    haarpsi_loss,
+    lpips_alex_loss,
+    lpips_loss,
+    lpips_vgg_loss,
+    ssim_magnitude_loss,
+)
+from direct_nextaccel.losses.perceptual import (
+    PerceptualBackboneUnavailable,
+    build_dists,
+    build_lpips,
+    lpips_network,
+)
 from direct_nextaccel.weights import WEIGHTS_DIR_ENV
 
 WEIGHT_FREE = [ssim_magnitude_loss, haarpsi_loss, gmsd_loss]
+LPIPS = [lpips_loss, lpips_alex_loss, lpips_vgg_loss]
 
 
 @pytest.fixture
@@ -29,7 +45,6 @@ def no_weights(tmp_path, monkeypatch):
     monkeypatch.setenv(WEIGHTS_DIR_ENV, str(tmp_path / "weights"))
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
-    monkeypatch.delenv(LPIPS_BACKBONE_ENV, raising=False)
     (tmp_path / "weights").mkdir()
     return tmp_path / "weights"
 
@@ -46,6 +61,19 @@ def fake_alexnet(no_weights, alexnet_features):
     path = no_weights / "alexnet-owt-7be5be79.pth"
     torch.save(alexnet_features, path)
     return path
+
+
+@pytest.fixture(scope="module")
+def vgg16_features():
+    """Random VGG16 trunk (``features.*`` only, 15M parameters instead of the whole classifier's 138M)."""
+    torch.manual_seed(1)
+    return {f"features.{key}": value for key, value in make_layers(cfgs["D"]).state_dict().items()}
+
+
+@pytest.fixture
+def fake_trunks(fake_alexnet, vgg16_features):
+    torch.save(vgg16_features, fake_alexnet.parent / "vgg16-397923af.pth")
+    return fake_alexnet.parent
 
 
 def _header_size(height: int, width: int, batch: int) -> list[torch.Tensor]:
@@ -112,8 +140,21 @@ def test_mismatched_shapes_are_refused(images):
 
 def test_registered_as_direct_losses():
     registered = {entry.name: entry.load() for entry in entry_points(group="direct.losses")}
-    for loss in (*WEIGHT_FREE, lpips_loss):
+    for loss in (*WEIGHT_FREE, *LPIPS):
         assert registered[loss.__name__] is loss
+    assert set(LPIPS_LOSSES) == {loss.__name__ for loss in LPIPS}
+
+
+def test_one_loss_name_per_lpips_trunk(fake_trunks, images):
+    source, target = images
+    alex, vgg = lpips_network("alex", "cpu"), lpips_network("vgg", "cpu")
+    peak = target.amax(dim=(-2, -1), keepdim=True)[:, None]  # N, 1, 1, 1
+    pair = [(2.0 * image[:, None] / peak - 1.0).expand(-1, 3, -1, -1) for image in (source, target)]
+    expected = {name: network(*pair).mean() for name, network in (("alex", alex), ("vgg", vgg))}
+    assert not torch.allclose(expected["alex"], expected["vgg"])
+    torch.testing.assert_close(lpips_loss(source, target), expected["alex"])
+    torch.testing.assert_close(lpips_alex_loss(source, target), expected["alex"])
+    torch.testing.assert_close(lpips_vgg_loss(source, target), expected["vgg"])
 
 
 def test_lpips_loads_the_local_torchvision_checkpoint(fake_alexnet, alexnet_features, images):
@@ -132,11 +173,47 @@ def test_lpips_loads_the_local_torchvision_checkpoint(fake_alexnet, alexnet_feat
     assert lpips_network("alex", torch.device("cpu")) is model
 
 
-def test_lpips_without_weights_raises_a_clear_error(no_weights, images):
+@pytest.mark.parametrize(
+    ("loss", "filename"),
+    [
+        (lpips_loss, "alexnet-owt-7be5be79.pth"),
+        (lpips_alex_loss, "alexnet-owt-7be5be79.pth"),
+        (lpips_vgg_loss, "vgg16-397923af.pth"),
+    ],
+)
+def test_lpips_without_weights_raises_one_clear_error_at_the_first_call(no_weights, images, loss, filename):
     source, target = images
-    with pytest.raises(PerceptualBackboneUnavailable, match=r"alexnet-owt-7be5be79\.pth") as error:
-        lpips_loss(source, target)
+    with pytest.raises(PerceptualBackboneUnavailable, match=filename.replace(".", r"\.")) as error:
+        loss(source, target)
     assert WEIGHTS_DIR_ENV in str(error.value) and "\n" not in str(error.value)
+    # DIRECT's training loop catches RuntimeError to checkpoint and write logs, and its log writer divides by zero
+    # at iteration 0: this error must pass through that handler, so it must not be a RuntimeError.
+    assert not isinstance(error.value, RuntimeError)
+    assert isinstance(error.value, FileNotFoundError)
+
+
+@pytest.mark.parametrize("content", [b"", b"not a checkpoint", b"PK\x03\x04truncated"])
+def test_corrupt_trunk_file_is_named_in_one_line_not_a_runtime_error(no_weights, content):
+    path = no_weights / "alexnet-owt-7be5be79.pth"
+    path.write_bytes(content)
+    with pytest.raises(ValueError, match=r"alexnet-owt-7be5be79\.pth cannot be read as a torchvision alexnet") as err:
+        build_lpips("alex")
+    assert "\n" not in str(err.value)
+
+
+def test_trunk_of_the_wrong_shape_is_named(no_weights, alexnet_features):
+    wrong = {key: value[..., :1] if value.ndim == 4 else value for key, value in alexnet_features.items()}
+    torch.save(wrong, no_weights / "alexnet-owt-7be5be79.pth")
+    with pytest.raises(ValueError, match=r"alexnet-owt-7be5be79\.pth does not fit the LPIPS-alex trunk") as err:
+        build_lpips("alex")
+    assert "\n" not in str(err.value)
+
+
+def test_dists_weights_that_are_not_a_state_dict_are_named(no_weights, vgg16_features):
+    torch.save(torch.zeros(3), no_weights / "dists_weights.pt")
+    torch.save(vgg16_features, no_weights / "vgg16-397923af.pth")
+    with pytest.raises(ValueError, match=r"dists_weights\.pt holds a Tensor, not the state dict"):
+        build_dists()
 
 
 def test_lpips_fallback_only_when_asked(no_weights, caplog):
@@ -154,7 +231,38 @@ def test_lpips_refuses_a_file_that_is_not_a_torchvision_trunk(no_weights):
         build_lpips("alex")
 
 
-def test_lpips_backbone_from_environment_is_checked(no_weights, monkeypatch, images):
-    monkeypatch.setenv(LPIPS_BACKBONE_ENV, "squeeze")
-    with pytest.raises(ValueError, match="'squeeze'"):
-        image.lpips_loss(*images)
+@pytest.mark.parametrize("loss", [*WEIGHT_FREE, *LPIPS])
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+def test_non_finite_source_is_refused_naming_the_batch_index(fake_trunks, images, loss, bad):
+    source, target = images
+    source = source.clone()
+    source[1, 5, 7] = bad
+    with pytest.raises(NonFiniteInputError) as error:
+        loss(source, target)
+    message = str(error.value)
+    assert isinstance(error.value, FloatingPointError) and not isinstance(error.value, RuntimeError)
+    assert message.startswith(f"{loss.__name__} refuses non-finite input: source")
+    kind = "1 NaN and 0 Inf" if bad != bad else "0 NaN and 1 Inf"
+    assert f"{kind} values at batch index 1" in message and "target" not in message and "\n" not in message
+
+
+@pytest.mark.parametrize("loss", [*WEIGHT_FREE, *LPIPS])
+def test_non_finite_target_is_refused_with_every_bad_index(fake_trunks, images, loss):
+    source, target = images
+    source, target = source[None].clone(), target[None].repeat(2, 1, 1, 1)  # (B=2, S=3, H, W)
+    target[1, 2, 0, 0] = float("nan")
+    target[1, 0, 3, 3] = float("inf")
+    source[0, 1, 4, 4] = float("nan")
+    source = source.repeat(2, 1, 1, 1)
+    with pytest.raises(NonFiniteInputError) as error:
+        loss(source, target)
+    assert str(error.value) == (
+        f"{loss.__name__} refuses non-finite input: target (the data) has 1 NaN and 1 Inf values at batch index 1; "
+        "source (the model's output) has 2 NaN and 0 Inf values at batch indices [0, 1]"
+    )
+
+
+def test_non_finite_input_is_refused_before_the_weights_are_needed(no_weights, images):
+    source, target = images
+    with pytest.raises(NonFiniteInputError, match="lpips_vgg_loss"):
+        lpips_vgg_loss(source, target * float("nan"))
