@@ -11,6 +11,7 @@ The layout (one file per volume) is the one of the fastMRI multicoil brain relea
 - attrs ``max`` and ``norm`` (maximum and Frobenius norm of ``reconstruction_rss``), ``acquisition``, ``patient_id``.
 """
 
+import hashlib
 import os
 import re
 import xml.etree.ElementTree as ET
@@ -76,6 +77,81 @@ def subject_id_from_stem(stem: str) -> str:
     runs = re.findall(r"\d+", stem)
     digits = max(runs, key=len) if runs else str(checksum % 10_000_000)
     return f"{100 + checksum % 900}_{digits}"
+
+
+def source_token(stem: str) -> str:
+    """Name token of a source file stem, distinct for distinct stems: ``tcga_fg_6692_native`` -> itself.
+
+    A stem already made of lowercase letters, digits and single inner ``_`` is used unchanged (readable names for the
+    shared data); any other stem is slugged and gets the first 8 hex digits of its SHA-256, so ``Scan-1`` and
+    ``scan_1`` (or two stems that slug alike) keep distinct names. Unlike :func:`subject_id_from_stem`, no CRC modulo
+    a small number is involved, so two subjects never share a name.
+    """
+    slug = re.sub(r"[^a-z0-9]+", "_", stem.lower()).strip("_")
+    if slug == stem:
+        return slug
+    digest = hashlib.sha256(stem.encode()).hexdigest()[:8]
+    return f"{slug}_{digest}" if slug else digest
+
+
+def source_filename(acquisition: str, stem: str) -> str:
+    """``file_brain_<ACQUISITION>_<source token>.h5``: the fastMRI name pattern with :func:`source_token` as subject.
+
+    Sibling contrasts of one source share the token, as the fastMRI release's sibling acquisitions share their
+    subject id (``reference.reference_filename`` relies on it).
+    """
+    _check_acquisition(acquisition)
+    return f"file_brain_{acquisition}_{source_token(stem)}.h5"
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """Hex SHA-256 of a file's bytes (read in 1 MiB blocks)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as file:
+        while block := file.read(1 << 20):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def source_attrs(source: str | os.PathLike, sha256: str, contrast: str = "") -> dict[str, str]:
+    """The provenance attrs a written file carries: ``source_file`` (name), ``source_sha256``, ``source_contrast``."""
+    return {"source_file": Path(source).name, "source_sha256": sha256, "source_contrast": contrast}
+
+
+def check_replaceable(target: Path, attrs: Mapping[str, str], overwrite: bool) -> None:
+    """Raise unless writing ``target`` for the source described by ``attrs`` (:func:`source_attrs`) is safe.
+
+    An absent ``target`` is always fine. An existing one needs ``overwrite`` and must have been written from the same
+    source: same file name, same contents (SHA-256) and same contrast. A file from another source, or one without
+    these attrs, is never replaced: ``FileExistsError`` naming both sources, in one line.
+    """
+    if not target.exists():
+        return
+    wanted = f"{attrs['source_file']}" + (f":{attrs['source_contrast']}" if attrs.get("source_contrast") else "")
+    try:
+        with h5py.File(target, "r") as file:
+            held = {key: file.attrs.get(key) for key in ("source_file", "source_sha256", "source_contrast")}
+    except (OSError, ValueError) as err:
+        raise FileExistsError(
+            f"refusing to replace {target} with {wanted}: it is not a readable HDF5 file ({err}); remove it by hand"
+        ) from None
+    held = {key: value.decode() if isinstance(value, bytes) else value for key, value in held.items()}
+    if held["source_file"] is None or held["source_sha256"] is None:
+        raise FileExistsError(
+            f"refusing to replace {target} with {wanted}: it records no source file (written by something else); "
+            "remove it by hand"
+        )
+    have = f"{held['source_file']}" + (f":{held['source_contrast']}" if held.get("source_contrast") else "")
+    same = (
+        held["source_file"] == attrs["source_file"]
+        and held["source_sha256"] == attrs["source_sha256"]
+        and (held["source_contrast"] or "") == (attrs.get("source_contrast") or "")
+    )
+    if not same:
+        detail = " (same name, different contents)" if have == wanted else ""
+        raise FileExistsError(f"refusing to replace {target}: it came from {have}, not {wanted}{detail}")
+    if not overwrite:
+        raise FileExistsError(f"{target} already exists (from {have}); pass --overwrite to replace it")
 
 
 def centered_ifft2(kspace: np.ndarray) -> np.ndarray:
