@@ -124,3 +124,130 @@ def test_cli_import_raw(tmp_path, capsys):
     assert error.count("\n") == 1 and "already exists" in error
     assert main(["import-raw", str(tmp_path / "missing.mat"), "--output", str(out)]) == 2
     assert "missing.mat" in capsys.readouterr().err
+
+
+# --- data loss: two inputs to one output, --overwrite and another source's file ----------------------------------
+
+
+def undersampled(seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    data = (rng.normal(size=(2, 8, 6)) + 1j * rng.normal(size=(2, 8, 6))).astype(np.complex64)
+    data[:, ::2] = 0
+    return data
+
+
+def fully_sampled_mat(path: Path, seed: int = 0) -> None:
+    rng = np.random.default_rng(seed)
+    savemat(path, {"DATA": rng.normal(size=(12, 10, 3)) + 1j * rng.normal(size=(12, 10, 3))})
+
+
+def import_cli(capsys, *arguments) -> tuple[int, str, str]:
+    code = main(["import-raw", *map(str, arguments)])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def assert_one_line_error(code: int, err: str, *fragments: str) -> None:
+    assert code == 2
+    assert err.count("\n") == 1 and err.startswith("direct-nextaccel import-raw: error: "), err
+    assert "Traceback" not in err and "allow_pickle" not in err
+    for fragment in fragments:
+        assert fragment in err, (fragment, err)
+
+
+def test_two_inputs_mapping_to_one_output_write_nothing(tmp_path, capsys):
+    fully_sampled_mat(tmp_path / "X.mat")
+    np.save(tmp_path / "X.npy", undersampled())
+    out = tmp_path / "out"
+    code, _, err = import_cli(capsys, tmp_path / "X.mat", tmp_path / "X.npy", "--output", out, "--overwrite")
+    assert_one_line_error(code, err, "X.mat", "X.npy", "would both write")
+    assert not out.exists()
+
+
+def test_overwrite_never_replaces_a_file_from_another_source(tmp_path, capsys):
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    np.save(tmp_path / "a" / "scan_7.npy", undersampled(0))
+    np.save(tmp_path / "b" / "scan_7.npy", undersampled(1))
+    out = tmp_path / "out"
+    assert import_cli(capsys, tmp_path / "a" / "scan_7.npy", "--output", out)[0] == 0
+    (target,) = out.iterdir()
+    before = target.read_bytes()
+    code, _, err = import_cli(capsys, tmp_path / "b" / "scan_7.npy", "--output", out, "--overwrite")
+    assert_one_line_error(code, err, str(target), "scan_7.npy", "different contents")
+    assert target.read_bytes() == before
+    code, _, err = import_cli(capsys, tmp_path / "a" / "scan_7.npy", "--output", out, "--overwrite")
+    assert code == 0, err  # the same source may be rewritten
+    with h5py.File(target, "r") as file:
+        assert file.attrs["source_file"] == "scan_7.npy" and len(file.attrs["source_sha256"]) == 64
+    target.write_bytes(b"someone else's file")
+    code, _, err = import_cli(capsys, tmp_path / "a" / "scan_7.npy", "--output", out, "--overwrite")
+    assert_one_line_error(code, err, str(target), "remove it by hand")
+    with pytest.raises(FileExistsError, match="remove it by hand"):
+        import_raw(tmp_path / "a" / "scan_7.npy", out, overwrite=True)
+    assert target.read_bytes() == b"someone else's file"
+
+
+# --- silent wrong results and tracebacks: one line naming the file ----------------------------------------------
+
+
+def write_bad_raw(tmp_path: Path, kind: str) -> Path:
+    if kind == "nan_npy":
+        data = undersampled()
+        data[0, 1, 1] = np.nan
+        np.save(path := tmp_path / "nan.npy", data)
+    elif kind == "inf_after_cast_npy":
+        data = undersampled().astype(np.complex128)
+        data[0, 1, 1] = 1e300
+        np.save(path := tmp_path / "huge.npy", data)
+    elif kind == "zero_npy":
+        np.save(path := tmp_path / "zero.npy", np.zeros((2, 8, 6), dtype=np.complex64))
+    elif kind == "garbage_npy":
+        (path := tmp_path / "garbage.npy").write_bytes(b"\x93NUMPY garbage" * 20)
+    elif kind == "object_npy":
+        np.save(path := tmp_path / "object.npy", np.array([{"k": 1}], dtype=object), allow_pickle=True)
+    elif kind == "string_npy":
+        np.save(path := tmp_path / "string.npy", np.full((2, 8, 6), "x"))
+    elif kind == "npz_as_npy":
+        with open(path := tmp_path / "archive.npy", "wb") as file:
+            np.savez(file, data=undersampled())
+    elif kind == "nan_mat":
+        data = np.zeros((12, 10, 3), dtype=np.complex128)
+        data[:, 3:8] = 1 + 1j
+        data[0, 5, 0] = np.nan
+        savemat(path := tmp_path / "nan.mat", {"DATA": data})
+    elif kind == "zero_mat":
+        savemat(path := tmp_path / "zero.mat", {"DATA": np.zeros((12, 10, 3), dtype=np.complex128)})
+    elif kind == "corrupt_mat":
+        (path := tmp_path / "corrupt.mat").write_bytes(b"MATLAB 5.0 MAT-file garbage" + b"\x00" * 200)
+    elif kind == "truncated_mat":
+        fully_sampled_mat(tmp_path / "whole.mat")
+        (path := tmp_path / "truncated.mat").write_bytes((tmp_path / "whole.mat").read_bytes()[:300])
+    elif kind == "string_mat":
+        savemat(path := tmp_path / "string.mat", {"DATA": "not k-space"})
+    return path
+
+
+BAD_RAW = {
+    "nan_npy": "1 NaN or infinite",
+    "inf_after_cast_npy": "NaN or infinite",
+    "zero_npy": "only zeros",
+    "garbage_npy": "not a readable .npy",
+    "object_npy": "pickled Python objects",
+    "string_npy": "<U1",
+    "npz_as_npy": ".npz archive",
+    "nan_mat": "1 NaN or infinite",
+    "zero_mat": "only zeros",
+    "corrupt_mat": "not a readable MATLAB v5 file",
+    "truncated_mat": "not a readable MATLAB v5 file",
+    "string_mat": "must be complex",
+}
+
+
+@pytest.mark.parametrize("kind", sorted(BAD_RAW))
+def test_bad_raw_input_is_one_line_naming_the_file(kind, tmp_path, capsys):
+    path = write_bad_raw(tmp_path, kind)
+    out = tmp_path / "out"
+    code, _, err = import_cli(capsys, path, "--output", out)
+    assert_one_line_error(code, err, path.name, BAD_RAW[kind])
+    assert not out.exists()
