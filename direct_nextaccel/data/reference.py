@@ -35,8 +35,8 @@ from direct.data import mri_transforms
 from direct.data.datasets import FastMRIDataset
 from direct.data.datasets_config import FastMRIConfig
 
+from direct_nextaccel.core.images import center_crop_or_pad
 from direct_nextaccel.data.fastmri_h5 import rss_reconstruction
-from direct_nextaccel.nextaccel.acquisition import center_crop_or_pad
 
 __all__ = ["FastMRIReferenceConfig", "FastMRIReferenceDataset", "reference_filename"]
 

@@ -56,6 +56,7 @@ __all__ = [
     "level_map",
     "mask_func_for_family",
     "nested_masks",
+    "shared_calibration_mask",
 ]
 
 LEVELS: tuple[int, ...] = (32, 16, 8, 4, 2)
@@ -218,6 +219,24 @@ def calibration_mask(family: str, shape: Sequence[int], center_fraction: float |
         return np.broadcast_to(_centre_lines(rows, center)[:, None], (rows, cols)).copy()
     _check_size(family, rows * cols, "points")
     return _centre_2d((rows, cols), center)
+
+
+def shared_calibration_mask(shape: Sequence[int], center_fraction: float | None = None) -> np.ndarray:
+    """Bool ``(H, W)``: the calibration samples every family shares (the intersection of their centres).
+
+    Every level of every family of one acquisition contains these samples, so anything computed from them alone
+    (the plugin's intensity reference, :mod:`direct_nextaccel.core.intensity`) is the same whichever family
+    DIRECT's masking is configured with, and inference has them in its R = 32 input.
+
+    Raises
+    ------
+    ValueError
+        If the centres share no sample (cannot happen for centred centres; checked rather than assumed).
+    """
+    shared = np.logical_and.reduce([calibration_mask(family, shape, center_fraction) for family in FAMILIES])
+    if not shared.any():
+        raise ValueError(f"the calibration centres of {FAMILIES} share no sample for matrix {tuple(shape)}")
+    return shared
 
 
 def _cartesian_line_levels(num_lines: int, center: float, rng: np.random.Generator) -> np.ndarray:

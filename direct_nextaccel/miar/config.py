@@ -40,6 +40,11 @@ class MSVQVAEConfig(_TokenizerShape):
     dead_code_threshold: float = 0.0
     kmeans_init: bool = False
     scale_dropout: float = 0.5
+    # Images reach the tokenizer as intensity_gain * x / s, s = the maximum of the root-sum-of-squares image of the
+    # low-resolution block (direct_nextaccel.core.intensity). At 4x, 1 puts fully sampled 64 x 64 brain slices at a
+    # maximum of about 1 (training subjects TCGA-DU-7294 and Lesjak cs07: median max |x| / s = 1.14, 5-95%:
+    # 1.00-1.62). MIAR reads the value from this tokenizer's checkpoint.
+    intensity_gain: float = 1.0
 
 
 @dataclass

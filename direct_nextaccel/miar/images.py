@@ -1,40 +1,18 @@
 """From a DIRECT super-resolution batch to the images MIAR's models see: the HR target and the LR input.
 
-Both engines form their images here so they agree on the coil combination (the adjoint of DIRECT's SENSE model with
-its estimated sensitivity maps, ``sum_c conj(S_c) IFFT(y_c)``, two channels real/imaginary) and on the map between
-DIRECT's matrix and the model's working size (centre crop or zero padding, undone on output).
+Both engines form their images with :mod:`direct_nextaccel.core.images` (the adjoint of DIRECT's SENSE model with its
+estimated sensitivity maps, two channels real/imaginary; centre crop or zero padding to the working size, undone on
+output); this module adds what only super-resolution needs.
 """
 
 from collections.abc import Callable
 
 import torch
-from direct.data import transforms as T
 
+from direct_nextaccel.core.images import coil_combined
 from direct_nextaccel.masks.superresolution import lr_blur_kspace_weights, superresolution_mask
-from direct_nextaccel.nextaccel.acquisition import center_crop_or_pad
 
-__all__ = ["center_crop_or_pad", "coil_combined", "low_resolution_image", "sr_factor_of_mask"]
-
-
-def coil_combined(kspace: torch.Tensor, sensitivity_map: torch.Tensor, backward_operator: Callable) -> torch.Tensor:
-    """Coil-combined complex image, channels first.
-
-    Parameters
-    ----------
-    kspace : torch.Tensor
-        (B, C, H, W, 2), fully sampled or masked.
-    sensitivity_map : torch.Tensor
-        (B, C, H, W, 2).
-    backward_operator : callable
-        DIRECT's inverse FFT (the engine's).
-
-    Returns
-    -------
-    torch.Tensor
-        (B, 2, H, W).
-    """
-    coil_images = backward_operator(kspace, dim=(2, 3))
-    return T.reduce_operator(coil_images, sensitivity_map, dim=1).permute(0, 3, 1, 2)
+__all__ = ["low_resolution_image", "sr_factor_of_mask"]
 
 
 def sr_factor_of_mask(sampling_mask: torch.Tensor) -> int:

@@ -20,15 +20,13 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
-from direct.engine import DoIterationOutput
-from direct.nn.mri_models import MRIModelEngine
-from direct.utils import detach_dict, dict_to_device
-from torch.amp import autocast
 
-from direct_nextaccel.miar.images import center_crop_or_pad, coil_combined, low_resolution_image
+from direct_nextaccel.core.engine import PluginEngine
+from direct_nextaccel.core.images import center_crop_or_pad, coil_combined
+from direct_nextaccel.core.intensity import IntensityError, check_convention
+from direct_nextaccel.miar.images import low_resolution_image
 from direct_nextaccel.miar.miar import check_decoding, token_cross_entropy
-from direct_nextaccel.miar.msvqvae_engine import MSVQVAEEngine, replace_schedule, require_kspace
-from direct_nextaccel.tokenizer_engine import check_finite
+from direct_nextaccel.miar.msvqvae_engine import MSVQVAEEngine, intensity_factor, replace_schedule, require_kspace
 
 __all__ = ["MIAREngine", "MSVQVAEEngine", "load_tokenizer_state"]
 
@@ -51,10 +49,12 @@ def load_tokenizer_state(path: str | Path) -> dict[str, torch.Tensor]:
     if not isinstance(state, dict):
         raise ValueError(f"tokenizer_checkpoint {str(path)!r} has no 'model' state dict (not a DIRECT checkpoint)")
     # A run under DistributedDataParallel saves the wrapped model's keys.
-    return {key.removeprefix("module."): value for key, value in state.items()}
+    state = {key.removeprefix("module."): value for key, value in state.items()}
+    check_convention(state, f"tokenizer_checkpoint {str(path)!r}")
+    return state
 
 
-class MIAREngine(MRIModelEngine):
+class MIAREngine(PluginEngine):
     """DIRECT engine of :class:`direct_nextaccel.miar.miar.MIAR`.
 
     Loss name it adds to ``training.loss.losses``, and the only one it accepts: ``token_cross_entropy`` (mean over
@@ -62,6 +62,7 @@ class MIAREngine(MRIModelEngine):
     """
 
     ENGINE_LOSSES: ClassVar[dict[str, str]] = {"token_cross_entropy": "token_cross_entropy"}
+    ONLY_ENGINE_LOSSES: ClassVar[bool] = True
 
     def __init__(self, cfg, model, device, forward_operator, backward_operator, mixed_precision=False, **models):
         config = cfg.model
@@ -70,11 +71,6 @@ class MIAREngine(MRIModelEngine):
         )
         if not math.isfinite(config.lr_blur_sigma) or config.lr_blur_sigma < 0:
             raise ValueError(f"lr_blur_sigma {config.lr_blur_sigma} must be >= 0 (0 switches the blur off)")
-        for entry in cfg.training.loss.losses:
-            if entry.function not in self.ENGINE_LOSSES:
-                raise ValueError(
-                    f"loss {entry.function!r} is not available to MIAR, which trains on tokens: use token_cross_entropy"
-                )
         super().__init__(
             cfg,
             model,
@@ -119,12 +115,38 @@ class MIAREngine(MRIModelEngine):
         lr_scheduler = replace_schedule(self, optimizer, lr_scheduler)
         return super().train(optimizer, lr_scheduler, training_datasets, experiment_directory, *args, **kwargs)
 
-    def forward_function(self, data: dict[str, Any]) -> tuple[torch.Tensor, None]:
-        """DIRECT's hook: the super-resolved image (B, H, W, 2) decoded as configured."""
-        return self._super_resolve(data, self.lr_image(data), self._reference_image(data)), None
+    def iteration_outputs(self, data: dict[str, Any]) -> dict[str, Any]:
+        """The super-resolved image (evaluation) and the teacher-forced loss (training, and validation when the HR
+        k-space is in the batch), all at the tokenizer's intensity (:mod:`direct_nextaccel.core.intensity`).
 
-    def lr_image(self, data: dict[str, Any]) -> torch.Tensor:
-        """LR input (B, 2, h, w) at the model size, from a batch whose ``sensitivity_map`` is already computed."""
+        Returns
+        -------
+        dict
+            ``output_image`` (B, H, W, 2) at DIRECT's scale (evaluation), ``token_cross_entropy`` and
+            ``token_accuracy`` (when the HR k-space is there).
+        """
+        factor = self.intensity_factor(data)
+        lr_image, reference_image = self.lr_image(data, factor), self._reference_image(data)
+        outputs = {}
+        if self.model.training or "kspace" in data:
+            outputs.update(self._teacher_forced(data, lr_image, reference_image, factor))
+        if not self.model.training:
+            outputs["output_image"] = self._super_resolve(data, lr_image, reference_image, factor)
+        return outputs
+
+    def after_backward(self, outputs: dict[str, Any], data: dict[str, Any]) -> None:
+        from direct.utils.events import get_event_storage
+
+        get_event_storage().add_scalar("token_accuracy", float(outputs["token_accuracy"]))
+
+    def intensity_factor(self, data: dict[str, Any]) -> torch.Tensor:
+        """``intensity_gain / s`` per slice (B,), ``s`` from the low-resolution block of DIRECT's input."""
+        return intensity_factor(self.miar.tokenizer.intensity_gain, data, data["masked_kspace"], self.backward_operator)
+
+    def lr_image(self, data: dict[str, Any], factor: torch.Tensor | None = None) -> torch.Tensor:
+        """LR input (B, 2, h, w) at the model size and the tokenizer's intensity, from a batch whose
+        ``sensitivity_map`` is already computed (``factor``: :meth:`intensity_factor`, computed when not given)."""
+        factor = self.intensity_factor(data) if factor is None else factor
         image = low_resolution_image(
             data["masked_kspace"],
             data["sampling_mask"],
@@ -132,10 +154,11 @@ class MIAREngine(MRIModelEngine):
             self.backward_operator,
             blur_sigma=self.cfg.model.lr_blur_sigma,
         )
-        return center_crop_or_pad(image, self.miar.image_size)
+        return center_crop_or_pad(image * factor[:, None, None, None].to(image.dtype), self.miar.image_size)
 
     def _reference_image(self, data: dict[str, Any]) -> torch.Tensor | None:
-        """The reference contrast (B, h, w) at the model size when ``model.reference_contrast``, else None."""
+        """The reference contrast (B, h, w) at the model size, divided by its own maximum, when
+        ``model.reference_contrast``, else None."""
         if not self.cfg.model.reference_contrast:
             return None
         if "reference_image" not in data:
@@ -143,52 +166,37 @@ class MIAREngine(MRIModelEngine):
                 "model.reference_contrast is on but the batch has no 'reference_image': use the dataset "
                 "`name: FastMRIReference` (direct_nextaccel.data.reference) for training, validation and inference"
             )
-        return center_crop_or_pad(data["reference_image"], self.miar.image_size)
+        reference = data["reference_image"]
+        peak = reference.flatten(1).amax(dim=1)  # B
+        if not bool((peak > 0).all()):
+            index = int((peak <= 0).nonzero()[0])
+            raise IntensityError(
+                f"{data['filename'][index]} slice {int(data['slice_no'][index])}: the reference contrast's image is "
+                "all zero"
+            )
+        return center_crop_or_pad(reference / peak[:, None, None], self.miar.image_size)
 
     def _super_resolve(
-        self, data: dict[str, Any], lr_image: torch.Tensor, reference_image: torch.Tensor | None
+        self,
+        data: dict[str, Any],
+        lr_image: torch.Tensor,
+        reference_image: torch.Tensor | None,
+        factor: torch.Tensor,
     ) -> torch.Tensor:
         image = self.miar.super_resolve(lr_image, reference_image, **self.decoding)  # B, 2, h, w
-        return center_crop_or_pad(image, tuple(data["masked_kspace"].shape[2:4])).permute(0, 2, 3, 1)
+        image = center_crop_or_pad(image, tuple(data["masked_kspace"].shape[2:4]))
+        return (image / factor[:, None, None, None].to(image.dtype)).permute(0, 2, 3, 1)
 
     def _teacher_forced(
-        self, data: dict[str, Any], lr_image: torch.Tensor, reference_image: torch.Tensor | None
+        self,
+        data: dict[str, Any],
+        lr_image: torch.Tensor,
+        reference_image: torch.Tensor | None,
+        factor: torch.Tensor,
     ) -> dict[str, torch.Tensor]:
         kspace = require_kspace(data, "MIAREngine")
         hr_image = coil_combined(kspace, data["sensitivity_map"], self.backward_operator)
+        hr_image = hr_image * factor[:, None, None, None].to(hr_image.dtype)
         tokens, _ = self.miar.tokenizer.tokenize(center_crop_or_pad(hr_image, self.miar.image_size))
         loss, accuracy = token_cross_entropy(self.model(lr_image, tokens, reference_image), tokens)
         return {"token_cross_entropy": loss, "token_accuracy": accuracy}
-
-    def _do_iteration(self, data, loss_fns=None, regularizer_fns=None) -> DoIterationOutput:
-        data = dict_to_device(data, self.device)
-        present = ("masked_kspace", "kspace", "sensitivity_map", "reference_image")
-        check_finite({name: data[name] for name in present if name in data}, data)
-        training = self.model.training
-        output_image = None
-        with autocast("cuda", enabled=self.mixed_precision):
-            data["sensitivity_map"] = self.compute_sensitivity_map(data["sensitivity_map"])
-            lr_image, reference_image = self.lr_image(data), self._reference_image(data)
-            # Validation scores the teacher-forced loss too when the HR k-space is there; prediction usually has none.
-            outputs = self._teacher_forced(data, lr_image, reference_image) if training or "kspace" in data else {}
-            if not training:
-                output_image = self._super_resolve(data, lr_image, reference_image)
-                output_image = torch.linalg.vector_norm(output_image, dim=-1)  # B, H, W
-                check_finite({"reconstruction": output_image}, data)
-                outputs["output_image"] = output_image
-            # DIRECT skips a loss whose source is missing: predicting without the HR k-space scores nothing.
-            loss_dict, regularizer_dict = self._accumulate_keyed_losses(
-                loss_fns or {}, regularizer_fns or {}, data, outputs
-            )
-        if training:
-            loss = sum(loss_dict.values()) + sum(regularizer_dict.values())
-            check_finite({"loss": loss}, data)
-            self._scaler.scale(loss).backward()
-            from direct.utils.events import get_event_storage
-
-            get_event_storage().add_scalar("token_accuracy", float(outputs["token_accuracy"]))
-        return DoIterationOutput(
-            output_image=output_image,
-            sensitivity_map=data["sensitivity_map"],
-            data_dict={**detach_dict(loss_dict), **detach_dict(regularizer_dict)},
-        )

@@ -32,6 +32,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from direct_nextaccel.core.intensity import register_gain
 from direct_nextaccel.modules.quantizer import (
     Phi,
     SharedCodebookQuantizer,
@@ -85,6 +86,10 @@ class MSVQVAE(nn.Module):
         Probability in [0, 1) that a training sample is decoded from a random prefix of its scales.
     image_size : Sequence[int]
         Square input (H, W), divisible by the stride.
+    intensity_gain : float
+        Images reach the tokenizer as ``intensity_gain * x / s`` with ``s`` the slice's reference scale from its
+        low-resolution block (:mod:`direct_nextaccel.core.intensity`); kept as a buffer, so every checkpoint carries
+        its convention.
     forward_operator, backward_operator
         Passed by DIRECT to every model; the tokenizer works on images and ignores them.
     """
@@ -106,6 +111,7 @@ class MSVQVAE(nn.Module):
         kmeans_init: bool = False,
         scale_dropout: float = 0.5,
         image_size: Sequence[int] = (256, 256),
+        intensity_gain: float = 1.0,
         forward_operator: Any = None,
         backward_operator: Any = None,
     ) -> None:
@@ -147,6 +153,7 @@ class MSVQVAE(nn.Module):
         positions = [k / (self.num_scales - 1) if self.num_scales > 1 else 0.0 for k in range(self.num_scales)]
         #: index into ``phi`` of every scale
         self.phi_of_scale = [int(np.argmin(np.abs(ticks - p))) for p in positions]
+        register_gain(self, intensity_gain)
         self.decoder = Decoder(
             out_channels=in_channels,
             base_channels=base_channels,

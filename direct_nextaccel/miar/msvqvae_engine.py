@@ -15,9 +15,11 @@ import torch
 from direct.nn.mri_models import MRIModelEngine
 
 from direct_nextaccel import _hook
-from direct_nextaccel.miar.images import center_crop_or_pad, coil_combined
+from direct_nextaccel.core.engine import INTENSITY_KEY, TokenizerEngine
+from direct_nextaccel.core.images import center_crop_or_pad, coil_combined
+from direct_nextaccel.core.intensity import reference_scale
+from direct_nextaccel.miar.images import sr_factor_of_mask
 from direct_nextaccel.schedules import warmup_schedule
-from direct_nextaccel.tokenizer_engine import TokenizerEngine
 
 logger = logging.getLogger(__name__)
 
@@ -34,6 +36,19 @@ def require_kspace(data: dict[str, Any], engine: str) -> torch.Tensor:
             "transforms"
         )
     return data["kspace"]
+
+
+def intensity_factor(
+    gain: torch.Tensor, data: dict[str, Any], kspace: torch.Tensor, backward_operator
+) -> torch.Tensor:
+    """``gain / s`` per slice (B,), ``s`` from the low-resolution block (DIRECT's ``sampling_mask``) of ``kspace``.
+
+    The block is what the super-resolution input holds, so training (fully sampled k-space) and inference (the
+    masked k-space) compute the same scale.
+    """
+    sr_factor_of_mask(data["sampling_mask"])  # refuses a mask that is not a super-resolution block
+    region = data["sampling_mask"][:, 0, :, :, 0].bool()  # B, H, W
+    return gain / reference_scale(kspace, region, backward_operator, data.get("filename"), data.get("slice_no"))
 
 
 def replace_schedule(engine: MRIModelEngine, optimizer, lr_scheduler):
@@ -66,20 +81,32 @@ class MSVQVAEEngine(TokenizerEngine):
         lr_scheduler = replace_schedule(self, optimizer, lr_scheduler)
         return super().train(optimizer, lr_scheduler, training_datasets, experiment_directory, *args, **kwargs)
 
-    def _forward(self, data: dict[str, Any]) -> dict[str, Any]:
+    def iteration_outputs(self, data: dict[str, Any]) -> dict[str, Any]:
+        """Tokenize and decode the fully sampled image of each slice at the tokenizer's intensity.
+
+        Returns
+        -------
+        dict
+            ``output_image`` (B, H, W, 2) at DIRECT's scale and matrix, ``commitment_loss``, ``usage``,
+            ``kept_scales`` and ``intensity_factor`` (B,).
+        """
         kspace = require_kspace(data, "MSVQVAEEngine")
         height, width = kspace.shape[2:4]
+        factor = intensity_factor(self.tokenizer.intensity_gain, data, kspace, self.backward_operator)
         image = coil_combined(kspace, data["sensitivity_map"], self.backward_operator)  # B, 2, H, W
+        image = image * factor[:, None, None, None].to(image.dtype)
         result = self.model(center_crop_or_pad(image, self.tokenizer.image_size))
         reconstruction = center_crop_or_pad(result["reconstruction"], (height, width))
+        reconstruction = reconstruction / factor[:, None, None, None].to(reconstruction.dtype)
         return {
             "output_image": reconstruction.permute(0, 2, 3, 1),
             "commitment_loss": result["commit_loss"],
             "usage": result["usage"],
             "kept_scales": result["kept_scales"],
+            INTENSITY_KEY: factor,
         }
 
-    def _log_training_scalars(self, outputs: dict[str, Any]) -> None:
+    def log_training_scalars(self, outputs: dict[str, Any]) -> None:
         from direct.utils.events import get_event_storage
 
         storage = get_event_storage()

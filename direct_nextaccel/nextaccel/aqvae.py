@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from direct_nextaccel.core.intensity import register_gain
 from direct_nextaccel.modules.quantizer import Phi, SharedCodebookQuantizer, resize_latent
 from direct_nextaccel.modules.vqvae import Decoder, Encoder, load_var_vqvae_weights
 
@@ -59,6 +60,9 @@ class AQVAE(nn.Module):
         Input (H, W), divisible by the total stride.
     context_strides : Sequence[int]
         Encoder strides whose features :meth:`context_features` returns (paper: 4, 8, 16 -> 64, 32, 16 at 256).
+    intensity_gain : float
+        Images reach the tokenizer as ``intensity_gain * x / s`` with ``s`` the slice's reference scale
+        (:mod:`direct_nextaccel.core.intensity`); kept as a buffer, so every checkpoint carries its convention.
     forward_operator, backward_operator
         Passed by DIRECT to every model; the tokenizer works on images and ignores them.
     """
@@ -80,6 +84,7 @@ class AQVAE(nn.Module):
         kmeans_init: bool = False,
         image_size: Sequence[int] = (256, 256),
         context_strides: Sequence[int] = (4, 8, 16),
+        intensity_gain: float = 0.125,
         forward_operator: Any = None,
         backward_operator: Any = None,
     ) -> None:
@@ -123,6 +128,7 @@ class AQVAE(nn.Module):
             kmeans_init=kmeans_init,
         )
         self.phi = nn.ModuleList(Phi(latent_dim, quant_resi) for _ in self.token_grids)
+        register_gain(self, intensity_gain)
         self.decoder = Decoder(
             out_channels=in_channels,
             base_channels=base_channels,

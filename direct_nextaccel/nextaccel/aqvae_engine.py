@@ -14,10 +14,12 @@ from typing import Any, ClassVar
 import torch
 
 from direct_nextaccel import _hook
-from direct_nextaccel.masks.nested import LEVELS, family_index
+from direct_nextaccel.core.engine import INTENSITY_KEY, TokenizerEngine
+from direct_nextaccel.core.images import center_crop_or_pad
+from direct_nextaccel.core.intensity import reference_scale
+from direct_nextaccel.masks.nested import LEVELS, family_index, shared_calibration_mask
 from direct_nextaccel.nextaccel import acquisition
 from direct_nextaccel.schedules import warmup_schedule
-from direct_nextaccel.tokenizer_engine import TokenizerEngine
 
 logger = logging.getLogger(__name__)
 
@@ -151,7 +153,15 @@ class AQVAEEngine(TokenizerEngine):
             self.discriminator, lr=config.discriminator_lr, weight_decay=config.discriminator_weight_decay
         )
 
-    def _forward(self, data: dict[str, Any]) -> dict[str, Any]:
+    def iteration_outputs(self, data: dict[str, Any]) -> dict[str, Any]:
+        """Tokenize and decode the six levels of each slice at the tokenizer's intensity (:mod:`.core.intensity`).
+
+        Returns
+        -------
+        dict
+            ``output_image`` (B, H, W, 2) at DIRECT's scale and matrix, ``commitment_loss``, ``usage``,
+            ``intensity_factor`` (B,) and, in training with a discriminator, ``adversarial_loss``.
+        """
         if "kspace" not in data:
             raise ValueError(
                 "AQVAEEngine needs the fully sampled k-space in the batch: set `delete_kspace: false` in the "
@@ -168,9 +178,10 @@ class AQVAEEngine(TokenizerEngine):
         if self.model.training:
             seeds = [tuple(torch.randint(2**31, (2,), generator=self._family_generator).tolist()) for _ in families]
         masks = acquisition.level_masks(data["filename"], families, (height, width), self.center_fraction, seeds)
+        factor = self.intensity_factor(data)
         images = acquisition.hierarchy_images(
             kspace, data["sensitivity_map"], masks.to(kspace.device), self.backward_operator
-        )
+        ) * factor[:, None, None, None, None].to(kspace.dtype)
         if (height, width) != self.tokenizer.image_size and not self._warned_size:
             self._warned_size = True
             logger.warning(
@@ -179,19 +190,19 @@ class AQVAEEngine(TokenizerEngine):
                 (height, width),
                 self.tokenizer.image_size,
             )
-        images = acquisition.center_crop_or_pad(images, self.tokenizer.image_size)  # B, 6, 2, h, w
+        images = center_crop_or_pad(images, self.tokenizer.image_size)  # B, 6, 2, h, w
         labels = acquisition.family_labels(families, kspace.device)
         result = self.model(images, labels)
         if not self.model.training and self.output_levels != tuple(range(acquisition.NUM_LEVELS)):
             tokens = [result["indices"][level] for level in self.output_levels]
             result["reconstruction"] = self.tokenizer.decode_indices(tokens, levels=self.output_levels)
-        reconstruction = acquisition.center_crop_or_pad(result["reconstruction"], (height, width))  # B, 2, H, W
+        reconstruction = center_crop_or_pad(result["reconstruction"], (height, width))  # B, 2, H, W
+        reconstruction = reconstruction / factor[:, None, None, None].to(reconstruction.dtype)
         outputs = {
             "output_image": reconstruction.permute(0, 2, 3, 1),
             "commitment_loss": result["commit_loss"],
             "usage": result["usage"],
-            "fully_sampled": images[:, -1],
-            "reconstruction_working": result["reconstruction"],
+            INTENSITY_KEY: factor,
         }
         if self.discriminator is not None and self.model.training:
             from direct_nextaccel.modules.discriminator import generator_adversarial_loss
@@ -201,6 +212,13 @@ class AQVAEEngine(TokenizerEngine):
             outputs["discriminator_inputs"] = (real, fake)
         return outputs
 
+    def intensity_factor(self, data: dict[str, Any]) -> torch.Tensor:
+        """``intensity_gain / s`` per slice (B,), ``s`` from the calibration centre every family shares."""
+        kspace = data["kspace"]
+        region = torch.from_numpy(shared_calibration_mask(tuple(kspace.shape[2:4]), self.center_fraction))
+        scale = reference_scale(kspace, region, self.backward_operator, data.get("filename"), data.get("slice_no"))
+        return self.tokenizer.intensity_gain / scale
+
     @staticmethod
     def _discriminator_inputs(fully_sampled: torch.Tensor, reconstruction: torch.Tensor):
         """Magnitudes (B, 1, h, w) scaled by the fully sampled image's maximum, as the discriminator expects."""
@@ -209,7 +227,7 @@ class AQVAEEngine(TokenizerEngine):
         scale = real.detach().flatten(1).amax(dim=1).clamp_min(1e-12)[:, None, None, None]
         return real / scale, fake / scale
 
-    def _log_training_scalars(self, outputs: dict[str, Any]) -> None:
+    def log_training_scalars(self, outputs: dict[str, Any]) -> None:
         """Step the discriminator, then log its loss and the per-level codebook usage (not summed into the loss)."""
         from direct.utils.events import get_event_storage
 

@@ -21,6 +21,7 @@ import torch
 from omegaconf import OmegaConf
 from torch import nn
 
+from direct_nextaccel.core.intensity import check_convention
 from direct_nextaccel.nextaccel.aqvae import AQVAE
 
 logger = logging.getLogger(__name__)
@@ -154,6 +155,7 @@ def load_tokenizer(
     if families is not None and model_config["mask_family"] not in families:
         raise ValueError(f"{what} was trained on mask families {families}, not on {model_config['mask_family']!r}")
     tokenizer = _tokenizer_network(arguments, model_config)
+    check_convention(checkpoint["model"], what)
     load_frozen(tokenizer, checkpoint["model"], what)
     return tokenizer.to(device)
 

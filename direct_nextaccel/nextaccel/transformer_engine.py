@@ -26,21 +26,20 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from direct.data import transforms as T
-from direct.engine import DoIterationOutput
-from direct.nn.mri_models import MRIModelEngine, _compute_resolution
-from direct.utils import detach_dict, dict_to_device
+from direct.nn.mri_models import _compute_resolution
 from torch import Tensor, nn
-from torch.amp import autocast
 
 from direct_nextaccel import _hook
-from direct_nextaccel.masks.nested import LEVELS, MASK_NAMES, family_of, mask_func_for_family
+from direct_nextaccel.core.engine import PluginEngine
+from direct_nextaccel.core.images import center_crop_or_pad, sense_adjoint
+from direct_nextaccel.core.intensity import reference_scale
+from direct_nextaccel.masks.nested import LEVELS, MASK_NAMES, family_of, mask_func_for_family, shared_calibration_mask
 from direct_nextaccel.modules.decoding import BEAM_TOKEN_COUNTS
 from direct_nextaccel.nextaccel import acquisition
 from direct_nextaccel.nextaccel.aqvae_engine import LEVEL_NAMES
 from direct_nextaccel.nextaccel.nextaccel import GENERATION_MODES, NextAccel, uncertainty_map
 from direct_nextaccel.nextaccel.tokenizer_loading import load_checkpoint, load_frozen_additional_model, load_tokenizer
 from direct_nextaccel.schedules import warmup_schedule
-from direct_nextaccel.tokenizer_engine import check_finite
 
 logger = logging.getLogger(__name__)
 
@@ -75,7 +74,7 @@ def check_decoding_config(config: Any) -> None:
         raise ValueError(f"model.temperature {config.temperature} must be positive")
 
 
-class NextAccelEngine(MRIModelEngine):
+class NextAccelEngine(PluginEngine):
     """DIRECT engine of :class:`NextAccel`, the base model (the default engine of ``nextaccel.nextaccel.NextAccel``).
 
     Engine loss: ``token_cross_entropy`` (mean over every predicted token of levels R16 ... FS, VAR's loss), the only
@@ -85,6 +84,7 @@ class NextAccelEngine(MRIModelEngine):
     """
 
     ENGINE_LOSSES: ClassVar[dict[str, str]] = {"token_cross_entropy": "token_cross_entropy"}
+    ONLY_ENGINE_LOSSES: ClassVar[bool] = True
     #: whether the engine's model is the privileged teacher (its context also holds the fully sampled image)
     PRIVILEGED: ClassVar[bool] = False
 
@@ -178,13 +178,6 @@ class NextAccelEngine(MRIModelEngine):
         optimizer state brings its own).
         """
         config = self.cfg.model
-        names = [entry.function for entry in self.cfg.training.loss.losses]
-        foreign = [name for name in names if name not in self.ENGINE_LOSSES]
-        if foreign or not names:
-            raise ValueError(
-                f"training.loss.losses {names} must only name {list(self.ENGINE_LOSSES)}: {type(self).__name__} "
-                "trains on token distributions, and no image loss reaches the model through discrete tokens"
-            )
         self.initialise_from_tokenizer()
         if config.adam_betas is not None:
             betas = tuple(float(beta) for beta in config.adam_betas)
@@ -255,7 +248,15 @@ class NextAccelEngine(MRIModelEngine):
         if levels is not None:
             masks = masks[:, list(levels)]
         images = acquisition.hierarchy_images(kspace, data["sensitivity_map"], masks, self.backward_operator)
+        images = images * self.intensity_factor(kspace, data)[:, None, None, None, None].to(images.dtype)
         return self._working_size(images), acquisition.family_labels(families, kspace.device)
+
+    def intensity_factor(self, kspace: Tensor, data: dict[str, Any]) -> Tensor:
+        """``intensity_gain / s`` per slice (B,), ``s`` from the calibration centre every family shares
+        (:mod:`direct_nextaccel.core.intensity`): the fully sampled and the R32 k-space give the same value."""
+        region = torch.from_numpy(shared_calibration_mask(tuple(kspace.shape[2:4]), self.center_fraction))
+        scale = reference_scale(kspace, region, self.backward_operator, data.get("filename"), data.get("slice_no"))
+        return self.tokenizer.intensity_gain / scale
 
     def _working_size(self, images: Tensor) -> Tensor:
         """Centre-crop/zero-pad (..., H, W) to the model's image size, saying so once when the sizes differ."""
@@ -267,7 +268,7 @@ class NextAccelEngine(MRIModelEngine):
                 tuple(images.shape[-2:]),
                 self.tokenizer.image_size,
             )
-        return acquisition.center_crop_or_pad(images, self.tokenizer.image_size)
+        return center_crop_or_pad(images, self.tokenizer.image_size)
 
     def _check_sampling_mask(self, level0: Tensor, data: dict[str, Any]) -> None:
         expected = level0  # B, H, W
@@ -334,10 +335,11 @@ class NextAccelEngine(MRIModelEngine):
         masked_kspace, sampling_mask = data["masked_kspace"], data["sampling_mask"]
         self._check_acceleration(sampling_mask, data)
         height, width = masked_kspace.shape[2:4]
-        image32 = acquisition.sense_adjoint(
+        factor = self.intensity_factor(masked_kspace, data)  # B
+        image32 = sense_adjoint(
             masked_kspace, data["sensitivity_map"], sampling_mask[:, 0, :, :, 0], self.backward_operator
         )  # B, H, W, 2
-        image32 = self._working_size(image32.permute(0, 3, 1, 2))  # B, 2, h, w
+        image32 = self._working_size(image32.permute(0, 3, 1, 2) * factor[:, None, None, None])  # B, 2, h, w
         family = acquisition.family_labels([self.family] * image32.shape[0], image32.device)
         q32 = self.tokenizer.encode(image32[:, None], family, levels=[0]).indices[0]
         generated = self.transformer.generate(
@@ -354,15 +356,15 @@ class NextAccelEngine(MRIModelEngine):
             fs_image=self.privileged_image(data),
         )
         tokens, probs = generated if want_probs else (generated, None)
-        reconstruction = self.tokenizer.decode_indices(tokens)  # B, 2, h, w
-        reconstruction = acquisition.center_crop_or_pad(reconstruction, (height, width)).permute(0, 2, 3, 1)
+        reconstruction = self.tokenizer.decode_indices(tokens) / factor[:, None, None, None]  # B, 2, h, w
+        reconstruction = center_crop_or_pad(reconstruction, (height, width)).permute(0, 2, 3, 1)
         if config.data_consistency:
             reconstruction = self.data_consistency(
                 reconstruction, masked_kspace, data["sensitivity_map"], sampling_mask
             )
         outputs = {"output_image": reconstruction, "tokens": tokens}
         if probs is not None:
-            outputs["uncertainty"] = acquisition.center_crop_or_pad(
+            outputs["uncertainty"] = center_crop_or_pad(
                 uncertainty_map(probs, self.tokenizer.image_size), (height, width)
             )
         return outputs
@@ -391,14 +393,28 @@ class NextAccelEngine(MRIModelEngine):
 
     # DIRECT's hooks -------------------------------------------------------------------------------------------------
 
-    def forward_function(self, data: dict[str, Any]) -> tuple[Tensor | None, None]:
-        """DIRECT's hook: the reconstruction (B, H, W, 2) in evaluation, nothing in training (no image is decoded)."""
-        return self._outputs(data).get("output_image"), None
+    @property
+    def frozen_modules(self) -> list[nn.Module]:
+        """The tokenizer (and its sensitivity model): frozen, kept in evaluation mode."""
+        return self.frozen
 
-    def _outputs(self, data: dict[str, Any]) -> dict[str, Any]:
+    def iteration_outputs(self, data: dict[str, Any]) -> dict[str, Any]:
+        """Teacher-forced loss in training (no image is decoded), the reconstruction in evaluation."""
+        self._check_codebook()
         if self.model.training:
             return self.training_outputs(data)
         return self.reconstruct(data, want_probs=self._uncertainty is not None)
+
+    def after_backward(self, outputs: dict[str, Any], data: dict[str, Any]) -> None:
+        from direct.utils.events import get_event_storage
+
+        storage = get_event_storage()
+        for name, value in outputs["scalars"].items():
+            storage.add_scalar(name, float(value.detach()))
+
+    def after_evaluation(self, outputs: dict[str, Any], data: dict[str, Any]) -> None:
+        if self._uncertainty is not None:
+            self._collect_uncertainty(outputs["uncertainty"], data)
 
     def _check_codebook(self) -> None:
         if not torch.equal(self.transformer.codebook, self.tokenizer.quantizer.codebook.to(self.transformer.codebook)):
@@ -406,40 +422,6 @@ class NextAccelEngine(MRIModelEngine):
                 f"the model's codebook differs from model.tokenizer_checkpoint {self.cfg.model.tokenizer_checkpoint!r}"
                 ": its checkpoint was trained with another tokenizer"
             )
-
-    def _do_iteration(self, data, loss_fns=None, regularizer_fns=None) -> DoIterationOutput:
-        loss_fns = loss_fns or {}
-        regularizer_fns = regularizer_fns or {}
-        data = dict_to_device(data, self.device)
-        for module in self.frozen:  # DIRECT puts every additional model in train mode
-            module.eval()
-        check_finite(
-            {name: data[name] for name in ("kspace", "masked_kspace", "sensitivity_map") if name in data}, data
-        )
-        self._check_codebook()
-        with autocast("cuda", dtype=torch.bfloat16, enabled=self.mixed_precision):
-            data["sensitivity_map"] = self.compute_sensitivity_map(data["sensitivity_map"])
-            outputs = self._outputs(data)
-            if "output_image" in outputs:
-                outputs["output_image"] = torch.linalg.vector_norm(outputs["output_image"].float(), dim=-1)
-                check_finite({"reconstruction": outputs["output_image"]}, data)
-            loss_dict, regularizer_dict = self._accumulate_keyed_losses(loss_fns, regularizer_fns, data, outputs)
-        if self.model.training:
-            loss = sum(loss_dict.values()) + sum(regularizer_dict.values())
-            check_finite({"loss": loss}, data)
-            self._scaler.scale(loss).backward()
-            from direct.utils.events import get_event_storage
-
-            storage = get_event_storage()
-            for name, value in outputs["scalars"].items():
-                storage.add_scalar(name, float(value.detach()))
-        elif self._uncertainty is not None:
-            self._collect_uncertainty(outputs["uncertainty"], data)
-        return DoIterationOutput(
-            output_image=outputs.get("output_image"),
-            sensitivity_map=data["sensitivity_map"],
-            data_dict={**detach_dict(loss_dict), **detach_dict(regularizer_dict)},
-        )
 
     # Uncertainty output ---------------------------------------------------------------------------------------------
 

@@ -5,8 +5,9 @@ import torch
 from direct.data import transforms as T
 from direct.data.transforms import ifft2
 
+from direct_nextaccel.core.images import coil_combined
 from direct_nextaccel.masks.superresolution import centre_block
-from direct_nextaccel.miar.images import coil_combined, low_resolution_image, sr_factor_of_mask
+from direct_nextaccel.miar.images import low_resolution_image, sr_factor_of_mask
 
 
 @pytest.mark.parametrize("coils", [1, 4])

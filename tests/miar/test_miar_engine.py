@@ -14,13 +14,13 @@ import torch
 from direct.utils.events import EventStorage
 from omegaconf import OmegaConf
 
+from direct_nextaccel.core.errors import NonFiniteError
 from direct_nextaccel.data.fastmri_h5 import fastmri_filename, write_fastmri_h5
 from direct_nextaccel.data.simulate import simulate_volume
 from direct_nextaccel.miar.config import MIARConfig, MSVQVAEConfig
 from direct_nextaccel.miar.miar import MIAR
 from direct_nextaccel.miar.miar_engine import MIAREngine, load_tokenizer_state
 from direct_nextaccel.miar.msvqvae import MSVQVAE
-from direct_nextaccel.tokenizer_engine import NonFiniteError
 
 REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
@@ -83,7 +83,7 @@ def test_blurred_input_changes_the_prediction(engine, make_batch):
 
 def test_nonfinite_batch_stops_before_the_update(engine, make_batch):
     engine.model.train()
-    with pytest.raises(NonFiniteError, match=r"non-finite masked_kspace"):
+    with pytest.raises(NonFiniteError, match=r"non-finite (masked_)?kspace in file_brain_AXT2_001_0001\.h5 slice 0"):
         engine._do_iteration(make_batch(nan=True), engine.build_loss())
     assert all(p.grad is None for p in engine.model.parameters())
 
@@ -103,7 +103,8 @@ def test_bad_engine_settings_name_the_value(make_engine, overrides, message):
 
 def test_image_losses_are_refused(engine):
     engine.cfg.training.loss.losses.append({"function": "l1_loss", "multiplier": 1.0})
-    with pytest.raises(ValueError, match=r"loss 'l1_loss' is not available to MIAR"):
+    message = r"training.loss.losses .*'l1_loss'.* must only name \['token_cross_entropy'\]: MIAREngine"
+    with pytest.raises(ValueError, match=message):
         MIAREngine(engine.cfg, engine.model, "cpu", engine.forward_operator, engine.backward_operator)
 
 
@@ -251,3 +252,36 @@ def test_direct_train_and_predict_t1_guided_t2(tmp_path):
     with h5py.File(tmp_path / "out" / "file_brain_AXT2_900_0001.h5", "r") as written:
         reconstruction = written["reconstruction"][()]
     assert reconstruction.shape == (2, 64, 64) and np.isfinite(reconstruction).all()
+
+
+def test_kspace_scale_leaves_the_input_and_scales_the_output(engine, make_batch):
+    engine.model.eval()
+    batch = make_batch()
+    scaled = {**batch, **{key: 100 * batch[key] for key in ("kspace", "masked_kspace", "target")}}
+    with torch.no_grad():
+        first, second = (
+            engine._do_iteration(batch, engine.build_loss()),
+            engine._do_iteration(scaled, engine.build_loss()),
+        )
+        lr = engine.lr_image({**batch, "sensitivity_map": engine.compute_sensitivity_map(batch["sensitivity_map"])})
+        lr_scaled = engine.lr_image(
+            {**scaled, "sensitivity_map": engine.compute_sensitivity_map(scaled["sensitivity_map"])}
+        )
+    torch.testing.assert_close(lr_scaled, lr, rtol=1e-4, atol=1e-5)  # what the transformer and tokenizer see
+    peak = float(second.output_image.max())
+    torch.testing.assert_close(second.output_image, 100 * first.output_image, rtol=1e-4, atol=1e-4 * peak)
+    # Validation's teacher-forced loss is computed on the same tokens.
+    torch.testing.assert_close(second.data_dict["token_cross_entropy"], first.data_dict["token_cross_entropy"])
+
+
+def test_tokenizer_from_before_the_intensity_convention_is_refused(tmp_path):
+    from direct_nextaccel.miar.miar_engine import load_tokenizer_state
+    from direct_nextaccel.miar.msvqvae import MSVQVAE
+
+    state = MSVQVAE(
+        base_channels=8, channel_multipliers=(1, 2), latent_dim=4, codebook_size=8, scales=(1, 2, 4), image_size=(8, 8)
+    ).state_dict()
+    del state["intensity_gain"]
+    torch.save({"model": state}, tmp_path / "model_9.pt")
+    with pytest.raises(ValueError, match=r"model_9\.pt' was trained under DIRECT's intensity normalisation"):
+        load_tokenizer_state(tmp_path / "model_9.pt")

@@ -15,12 +15,12 @@ import torch
 from direct.data.transforms import fft2, ifft2
 from omegaconf import OmegaConf
 
+from direct_nextaccel.core.errors import NonFiniteError
 from direct_nextaccel.data.fastmri_h5 import fastmri_filename, write_fastmri_h5
 from direct_nextaccel.data.simulate import simulate_volume
 from direct_nextaccel.nextaccel.aqvae import AQVAE
 from direct_nextaccel.nextaccel.aqvae_engine import LEVEL_NAMES, AQVAEEngine
 from direct_nextaccel.nextaccel.config import AQVAEConfig
-from direct_nextaccel.tokenizer_engine import NonFiniteError
 
 REPO = Path(__file__).resolve().parents[2]
 TINY_CONFIG = REPO / "direct_nextaccel" / "configs" / "tiny_aqvae.yaml"
@@ -126,7 +126,7 @@ def engine_and_batch(nan: bool = False, with_kspace: bool = True):
     kspace_np, _ = simulate_volume(phantom(), coils=4, matrix=(64, 64), seed=3)
     kspace = torch.view_as_real(torch.from_numpy(kspace_np))  # slices, coils, H, W, 2
     if nan:
-        kspace[0, 0, 5, 5, 0] = float("nan")
+        kspace[1, 0, 5, 5, 0] = float("nan")
     coil_images = ifft2(kspace, dim=(2, 3))
     rss = coil_images.pow(2).sum(dim=(1, 4)).sqrt()
     batch = {
@@ -165,11 +165,16 @@ def test_nonfinite_batch_stops_before_the_update():
     engine, batch = engine_and_batch(nan=True)
     engine.model.train()
     before = {k: v.clone() for k, v in engine.model.state_dict().items()}
-    with pytest.raises(NonFiniteError, match=r"non-finite kspace .*file_brain_AXT1_001_0001\.h5.* slices \[0, 1\]"):
+    # Only the offending slice (index 1) is named.
+    message = r"^non-finite kspace in file_brain_AXT1_001_0001\.h5 slice 1: training stopped before the update"
+    with pytest.raises(NonFiniteError, match=message):
         engine._do_iteration(batch, engine.build_loss())
     assert not issubclass(NonFiniteError, RuntimeError)  # DIRECT checkpoints on RuntimeError; this must not
     for key, value in engine.model.state_dict().items():
         assert torch.equal(value, before[key]), key
+    engine.model.eval()  # during `direct predict` nothing is "training"
+    with pytest.raises(NonFiniteError, match=message.split(": ")[0] + ": not written$"):
+        engine._do_iteration(batch, engine.build_loss())
 
 
 def test_missing_fully_sampled_kspace_is_a_clear_error():
@@ -234,3 +239,60 @@ def test_bad_output_levels_are_refused():
     config.output_levels = (0, 6)
     with pytest.raises(ValueError, match=r"output_levels \[0, 6\]"):
         AQVAEEngine(OmegaConf.create({"model": config}), None, "cpu", fft2, ifft2)
+
+
+def captured_indices(engine) -> list[list[torch.Tensor]]:
+    """Token maps of every AQ-VAE forward pass of ``engine`` from now on (one list of six (B, g, g) per pass)."""
+    captured: list[list[torch.Tensor]] = []
+    engine.model.register_forward_hook(lambda module, args, result: captured.append(list(result["indices"])))
+    return captured
+
+
+def test_kspace_scale_leaves_every_token_and_scales_the_output():
+    engine, batch = engine_and_batch()
+    engine.model.eval()
+    captured = captured_indices(engine)
+    scaled = {**batch, "kspace": 100 * batch["kspace"], "target": 100 * batch["target"]}
+    with torch.no_grad():
+        first = engine._do_iteration(batch).output_image
+        second = engine._do_iteration(scaled).output_image
+    assert len(captured) == 2
+    for level, (a, b) in enumerate(zip(*captured, strict=True)):
+        assert torch.equal(a, b), f"level {level}"
+    torch.testing.assert_close(second, 100 * first, rtol=1e-4, atol=1e-4 * float(second.max()))
+
+
+def test_fully_sampled_tokens_do_not_depend_on_directs_mask_family(tmp_path):
+    """DIRECT's normalisation divides by a percentile of the masked k-space (a different factor per family); the
+    engine's own scale comes from samples every family shares, so the fully sampled level's tokens are the same."""
+    from direct.data.datasets import FastMRIDataset
+    from direct.data.mri_transforms import build_mri_transforms
+    from torch.utils.data import default_collate
+
+    from direct_nextaccel.masks.nested import FAMILIES, mask_func_for_family
+
+    kspace_np, _ = simulate_volume(phantom(), coils=4, matrix=(64, 64), seed=3)
+    write_fastmri_h5(tmp_path / fastmri_filename("AXT1", "900_0001"), kspace_np, "AXT1")
+    engine, _ = engine_and_batch()
+    engine.model.eval()
+    captured = captured_indices(engine)
+    scaling = {}
+    for family in FAMILIES:
+        transforms = build_mri_transforms(
+            forward_operator=fft2,
+            backward_operator=ifft2,
+            mask_func=mask_func_for_family(family, (32,), [1 / 64]),
+            crop=None,
+            sensitivity_maps_type="unit",  # DIRECT's ACS-based estimates differ by family; the intensity must not
+            delete_kspace=False,
+            scaling_key="masked_kspace",
+            scale_percentile=0.99,
+        )
+        batch = default_collate([FastMRIDataset(tmp_path, transform=transforms)[index] for index in range(2)])
+        scaling[family] = batch["scaling_factor"]
+        with torch.no_grad():
+            engine._do_iteration(batch)
+    fully_sampled = [indices[-1] for indices in captured]
+    assert all(torch.equal(fully_sampled[0], other) for other in fully_sampled[1:])
+    factors = torch.stack(list(scaling.values()))  # families, B
+    assert float((factors.amax(dim=0) / factors.amin(dim=0)).min()) > 1.5  # DIRECT's scale does differ by family

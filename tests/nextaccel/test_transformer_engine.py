@@ -19,6 +19,7 @@ from direct.nn.unet.unet_2d import UnetModel2d
 from direct.utils.events import EventStorage
 from omegaconf import OmegaConf
 
+from direct_nextaccel.core.images import sense_adjoint
 from direct_nextaccel.data.fastmri_h5 import fastmri_filename, write_fastmri_h5
 from direct_nextaccel.data.simulate import simulate_volume
 from direct_nextaccel.nextaccel import acquisition
@@ -229,6 +230,20 @@ def test_argmax_tokens_are_bit_identical_across_runs_and_engines(trained_engine,
     assert first["output_image"].shape == (2, 64, 64, 2)
 
 
+def test_kspace_scale_leaves_every_token_and_scales_the_output(trained_engine):
+    batch = make_batch()
+    scaled = {**batch, **{key: 100 * batch[key] for key in ("kspace", "masked_kspace", "target")}}
+    with torch.no_grad():
+        first, second = trained_engine.reconstruct(batch), trained_engine.reconstruct(scaled)
+        images, _ = trained_engine.hierarchy(batch)
+        images_scaled, _ = trained_engine.hierarchy(scaled)
+    for level, (a, b) in enumerate(zip(first["tokens"], second["tokens"], strict=True)):
+        assert torch.equal(a, b), f"level {level}"
+    peak = float(second["output_image"].abs().max())
+    torch.testing.assert_close(second["output_image"], 100 * first["output_image"], rtol=1e-4, atol=1e-4 * peak)
+    torch.testing.assert_close(images_scaled, images, rtol=1e-4, atol=1e-5)  # what the tokenizer sees (training)
+
+
 def test_evaluation_iteration_returns_magnitude_and_uncertainty(trained_engine):
     with torch.no_grad():
         output = trained_engine._do_iteration(make_batch())
@@ -270,7 +285,7 @@ def test_data_consistency_keeps_consistent_images_and_restores_measurements(trai
     consistent = trained_engine.data_consistency(image, measured, sensitivity, batch["sampling_mask"])
     torch.testing.assert_close(consistent, image, atol=1e-5, rtol=1e-5)
     from_zero = trained_engine.data_consistency(torch.zeros_like(image), measured, sensitivity, batch["sampling_mask"])
-    zero_filled = acquisition.sense_adjoint(measured, sensitivity, batch["sampling_mask"][:, 0, :, :, 0], ifft2)
+    zero_filled = sense_adjoint(measured, sensitivity, batch["sampling_mask"][:, 0, :, :, 0], ifft2)
     torch.testing.assert_close(from_zero, zero_filled, atol=1e-5, rtol=1e-5)
 
 
@@ -328,6 +343,11 @@ def test_tokenizer_checkpoint_problems_are_named(tokenizer_checkpoint, tmp_path)
     del config.additional_models["sensitivity_model"]
     with pytest.raises(ValueError, match="was trained with a sensitivity_model"):
         build(config)
+    old = torch.load(bare, weights_only=True)
+    del old["model"]["intensity_gain"]  # a tokenizer from before the plugin owned the intensity
+    torch.save(old, bare)
+    with pytest.raises(ValueError, match=r"model_5\.pt' was trained under DIRECT's intensity normalisation"):
+        build(engine_config(bare))
 
 
 def test_foreign_training_losses_are_refused(tokenizer_checkpoint, tmp_path):
