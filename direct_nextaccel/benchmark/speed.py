@@ -12,7 +12,7 @@ method.
   ``direct predict``: the sensitivity U-Net refines the estimate coil by coil (``compute_sensitivity_map``), then the
   engine's ``forward_function`` (network, inverse FFT, RSS).
 - NextAccel: the same sensitivity step with the AQ-VAE config's U-Net; SENSE-combined R32 image
-  (``acquisition.sense_adjoint``); AQ-VAE encoding of level 0 (tokens Q32); ``NextAccel.generate`` with argmax or
+  (``core.images.sense_adjoint``); AQ-VAE encoding of level 0 (tokens Q32); ``NextAccel.generate`` with argmax or
   beam search (k = 1, 2, 3) and the KV cache; ``AQVAE.decode_indices`` of all six levels.
 
 ``superresolution`` (issue 7): MIAR's 4 x 4 super-resolution, DIRECT's ``SuperResolution`` mask of acceleration 16
@@ -548,7 +548,7 @@ def nextaccel_runner(aqvae_engine: Engine, nextaccel: nn.Module, mode: str, bf16
     """
     import torch
 
-    from direct_nextaccel.nextaccel.acquisition import center_crop_or_pad, sense_adjoint
+    from direct_nextaccel.core.images import center_crop_or_pad, sense_adjoint
 
     aqvae = aqvae_engine.model
     options = decoding_options(mode)
@@ -583,7 +583,7 @@ def miar_runner(engine: Engine, mode: str, bf16: bool) -> Runner:
     """
     import torch
 
-    from direct_nextaccel.miar.images import center_crop_or_pad
+    from direct_nextaccel.core.images import center_crop_or_pad
 
     miar = engine.miar
     options = {**engine.decoding, **decoding_options(mode)}
