@@ -3,8 +3,12 @@
 Nothing here computes a metric: :mod:`direct_nextaccel.benchmark.quality` fills :class:`FamilyTable` objects and
 these functions only lay them out. A Markdown table has one row per method (the zero-filled reference first) and one
 column per metric and contrast, ``PSNR ↑ T1 | PSNR ↑ T2 | ... | SSIM ↑ T1 | ...`` (the two header rows of the paper's
-Tables 1-2 flattened into one), then seconds per slice and peak memory. The best value of each column is bold, as in
-the paper. A method that failed keeps its row, whose first cell after the name says why.
+Tables 1-2 flattened into one), then, with a training folder, the memorisation diagnostic (mean correlation with the
+own target, mean correlation with the closest training slice, slices closer to a training slice than to their own
+target: :mod:`direct_nextaccel.benchmark.memorisation`), then seconds per slice and peak memory. The best value of
+each metric column is bold, as in the paper, among the ranked rows: a tokenizer bound (``kind="bound"``, marked
+``(bound)``: it sees the fully sampled data) and a row with flat slices (an all-zero output scores a deceptively
+good SSIM) are never bold. A method that failed keeps its row, whose first cell after the name says why.
 
 This module imports nothing heavy, so the command-line parser can use :data:`METRIC_LABELS`.
 """
@@ -33,6 +37,13 @@ METRIC_LABELS: dict[str, tuple[str, bool]] = {
 _FORMATS = {"psnr": ".2f", "nmse": ".4f", "gmsd": ".4f"}  # every other metric ".3f"
 NOT_MEASURED = "—"
 """Cell of a time or memory column for methods the benchmark did not run (existing predictions, zero-filled)."""
+KINDS = ("reference", "method", "bound")
+"""Row kinds: the zero-filled reference, a reconstruction method, a tokenizer's ceiling (it sees the fully sampled
+data)."""
+BOUND_MARK = " (bound)"
+"""Suffix of a bound row's name in the Markdown table and the figures."""
+MEMORISATION_LABELS = ("Corr own ↑", "Corr train max", "Train > own ↓")
+"""Markdown headers of the memorisation diagnostic (tables with a training folder)."""
 
 
 @dataclass
@@ -57,6 +68,13 @@ class MethodRow:
     warnings : list of str
         Things the reader of the table must know about this row (e.g. a sampling mask that differs from the
         zero-filled reference's).
+    kind : str
+        One of :data:`KINDS`.
+    flat_slices : int
+        Predicted slices that are flat where the target is not (all zero, constant); such a row is never bold.
+    memorisation : dict, optional
+        Summary of :class:`direct_nextaccel.benchmark.memorisation.Memorisation` (``own``, ``closest_training``,
+        ``closer_to_training``, ``slices``, ``undefined``), when a training folder was given.
     """
 
     name: str
@@ -66,6 +84,19 @@ class MethodRow:
     peak_memory_mib: float | None = None
     volumes: list[dict[str, object]] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    kind: str = "method"
+    flat_slices: int = 0
+    memorisation: dict[str, float | int] | None = None
+
+    @property
+    def ranked(self) -> bool:
+        """Whether the row competes for the bold best value: complete, not a bound, no flat slice."""
+        return self.error is None and self.kind != "bound" and self.flat_slices == 0
+
+    @property
+    def label(self) -> str:
+        """Name as shown in the Markdown table and figures: bounds carry :data:`BOUND_MARK`."""
+        return self.name + BOUND_MARK if self.kind == "bound" else self.name
 
 
 @dataclass
@@ -88,6 +119,11 @@ class FamilyTable:
         Zero-filled reference first, then the methods in the order given.
     memory : str
         What the peak memory column measures.
+    training : str, optional
+        The training folder of the memorisation diagnostic, described in one line; None: no diagnostic columns.
+    target_memorisation : dict, optional
+        The same diagnostic for the targets themselves (what a perfect reconstruction would show), plus
+        ``in_training``: targets whose closest training slice is practically the same image.
     """
 
     family: str
@@ -97,6 +133,8 @@ class FamilyTable:
     volume_counts: dict[str, int]
     rows: list[MethodRow]
     memory: str = "peak memory"
+    training: str | None = None
+    target_memorisation: dict[str, float | int] | None = None
 
 
 def format_value(metric: str, value: float | str) -> str:
@@ -111,19 +149,33 @@ def format_value(metric: str, value: float | str) -> str:
 
 
 def column_labels(table: FamilyTable) -> list[str]:
-    """Header cells after ``Method``: ``"PSNR ↑ T1"`` ... then ``"s/slice"`` and ``"Peak mem (MiB)"``."""
+    """Header cells after ``Method``: ``"PSNR ↑ T1"`` ... then the memorisation columns (with a training folder),
+    ``"s/slice"`` and ``"Peak mem (MiB)"``."""
     labels = []
     for metric in table.metrics:
         label, higher = METRIC_LABELS[metric]
         labels += [f"{label} {'↑' if higher else '↓'} {contrast}" for contrast in table.contrasts]
+    if table.training is not None:
+        labels += list(MEMORISATION_LABELS)
     return [*labels, "s/slice", "Peak mem (MiB)"]
+
+
+def memorisation_cells(summary: Mapping[str, float | int] | None) -> list[str]:
+    """The three memorisation cells of a row: mean correlations (3 decimals) and ``closer/slices``."""
+    if summary is None:
+        return [NOT_MEASURED] * 3
+    return [
+        format_value("correlation", float(summary["own"])),
+        format_value("correlation", float(summary["closest_training"])),
+        f"{summary['closer_to_training']}/{summary['slices']}",
+    ]
 
 
 def _best(table: FamilyTable, metric: str, contrast: str) -> float | None:
     values = [
         row.scores[metric][contrast]
         for row in table.rows
-        if row.error is None and isinstance(row.scores.get(metric, {}).get(contrast), float | int)
+        if row.ranked and isinstance(row.scores.get(metric, {}).get(contrast), float | int)
     ]
     values = [value for value in values if not math.isnan(value)]
     if len(values) < 2:
@@ -159,10 +211,13 @@ def markdown_table(table: FamilyTable) -> str:
                 for contrast in table.contrasts:
                     value = row.scores[metric][contrast]
                     text = format_value(metric, value)
-                    cells.append(f"**{text}**" if best[metric, contrast] == value and text != "nan" else text)
+                    bold = row.ranked and best[metric, contrast] == value and text != "nan"
+                    cells.append(f"**{text}**" if bold else text)
+            if table.training is not None:
+                cells += memorisation_cells(row.memorisation)
             cells.append(NOT_MEASURED if row.seconds_per_slice is None else f"{row.seconds_per_slice:.3f}")
             cells.append(NOT_MEASURED if row.peak_memory_mib is None else f"{row.peak_memory_mib:.0f}")
-        lines.append("| " + " | ".join([_escape(row.name), *(_escape(cell) for cell in cells)]) + " |")
+        lines.append("| " + " | ".join([_escape(row.label), *(_escape(cell) for cell in cells)]) + " |")
     return "\n".join(lines)
 
 
@@ -184,6 +239,8 @@ def markdown_report(tables: Sequence[FamilyTable], notes: Sequence[str] = ()) ->
         counts = ", ".join(f"{contrast} {table.volume_counts.get(contrast, 0)}" for contrast in table.contrasts)
         parts.append(f"### {table.family}, R = {table.acceleration}\n\n{markdown_table(table)}\n")
         details = [f"Volumes per contrast: {counts}. Peak memory: {table.memory}."]
+        if table.training is not None:
+            details.append(_memorisation_detail(table))
         details += [f"{row.name}: {warning}" for row in table.rows for warning in row.warnings]
         parts.append("\n".join(f"- {line}" for line in details) + "\n")
     if notes:
@@ -191,9 +248,31 @@ def markdown_report(tables: Sequence[FamilyTable], notes: Sequence[str] = ()) ->
     return "\n".join(parts)
 
 
+def _memorisation_detail(table: FamilyTable) -> str:
+    text = (
+        f"Memorisation: Pearson correlation of each magnitude slice with its own target (Corr own) and with the "
+        f"closest training target (Corr train max: {table.training}); Train > own: slices closer to a training "
+        "slice than to their own target."
+    )
+    targets = table.target_memorisation
+    if targets is not None and targets.get("slices"):
+        text += (
+            f" The targets themselves correlate {format_value('correlation', float(targets['closest_training']))} "
+            "on average with their closest training slice (what a perfect reconstruction shows)."
+        )
+        if targets.get("in_training"):
+            text += f" {targets['in_training']} target slice(s) are practically a training slice (r >= 0.9999)."
+    return text
+
+
+CSV_MEMORISATION = ("corr_own", "corr_train_max", "train_closer_slices", "correlated_slices")
+"""CSV columns of the memorisation diagnostic (empty without a training folder)."""
+
+
 def csv_text(tables: Sequence[FamilyTable]) -> str:
-    """One CSV line per family and method: ``family, method, status, error``, then ``<metric>_<contrast>`` columns
-    (the union over families, in order of appearance), ``seconds_per_slice`` and ``peak_memory_mib``.
+    """One CSV line per family and method: ``family, method, kind, status, error``, then ``<metric>_<contrast>``
+    columns (the union over families, in order of appearance), the memorisation columns :data:`CSV_MEMORISATION`,
+    ``seconds_per_slice`` and ``peak_memory_mib``.
 
     Numbers are written with full precision (``inf`` for infinite); cells without a value are empty.
     """
@@ -205,7 +284,8 @@ def csv_text(tables: Sequence[FamilyTable]) -> str:
                     value_columns.append(f"{metric}_{contrast}")
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(["family", "method", "status", "error", *value_columns, "seconds_per_slice", "peak_memory_mib"])
+    header = ["family", "method", "kind", "status", "error", *value_columns, *CSV_MEMORISATION]
+    writer.writerow([*header, "seconds_per_slice", "peak_memory_mib"])
     for table in tables:
         for row in table.rows:
             values = {
@@ -213,13 +293,17 @@ def csv_text(tables: Sequence[FamilyTable]) -> str:
                 for metric, by_contrast in row.scores.items()
                 for contrast, value in by_contrast.items()
             }
+            memorisation = row.memorisation or {}
+            keys = ("own", "closest_training", "closer_to_training", "slices")
             writer.writerow(
                 [
                     table.family,
                     row.name,
+                    row.kind,
                     "failed" if row.error is not None else "ok",
                     row.error or "",
                     *(values.get(column, "") for column in value_columns),
+                    *(_plain(memorisation.get(key)) for key in keys),
                     _plain(row.seconds_per_slice),
                     _plain(row.peak_memory_mib),
                 ]
@@ -260,8 +344,8 @@ def json_document(tables: Sequence[FamilyTable], settings: Mapping[str, object])
     -------
     dict
         ``{"settings": ..., "families": {family: {"acceleration", "contrasts", "metrics", "volume_counts", "memory",
-        "rows": [{"method", "status", "error", "scores", "seconds_per_slice", "peak_memory_mib", "warnings",
-        "volumes"}]}}}``.
+        "training", "target_memorisation", "rows": [{"method", "kind", "status", "error", "scores",
+        "memorisation", "flat_slices", "seconds_per_slice", "peak_memory_mib", "warnings", "volumes"}]}}}``.
     """
     families = {}
     for table in tables:
@@ -271,12 +355,17 @@ def json_document(tables: Sequence[FamilyTable], settings: Mapping[str, object])
             "metrics": table.metrics,
             "volume_counts": table.volume_counts,
             "memory": table.memory,
+            "training": table.training,
+            "target_memorisation": table.target_memorisation,
             "rows": [
                 {
                     "method": row.name,
+                    "kind": row.kind,
                     "status": "failed" if row.error is not None else "ok",
                     "error": row.error,
                     "scores": row.scores,
+                    "memorisation": row.memorisation,
+                    "flat_slices": row.flat_slices,
                     "seconds_per_slice": row.seconds_per_slice,
                     "peak_memory_mib": row.peak_memory_mib,
                     "warnings": row.warnings,

@@ -93,16 +93,19 @@ def test_json_document_is_strict_json(tmp_path):
     assert rows[1]["scores"]["psnr"]["T1"] == "inf"
     assert rows[3] == {
         "method": "broken",
+        "kind": "method",
         "status": "failed",
         "error": "checkpoint run/x does not exist",
         "scores": {},
+        "memorisation": None,
+        "flat_slices": 0,
         "seconds_per_slice": None,
         "peak_memory_mib": None,
         "warnings": [],
         "volumes": [],
     }
     assert paths["markdown"].read_text().startswith("### cartesian_y")
-    assert paths["csv"].read_text().startswith("family,method,status,error,psnr_T1")
+    assert paths["csv"].read_text().startswith("family,method,kind,status,error,psnr_T1")
 
 
 def test_every_metric_has_a_label_and_a_format():
@@ -111,3 +114,56 @@ def test_every_metric_has_a_label_and_a_format():
     assert format_value("nmse", 0.012345) == "0.0123"
     assert format_value("ssim", 0.91234) == "0.912"
     assert format_value("psnr", -math.inf) == "-inf"
+
+
+def test_bounds_and_flat_rows_are_marked_and_never_bold():
+    """A bound sees the fully sampled data and an all-zero output can score a good SSIM: neither may be 'best'."""
+    table = small_table()
+    table.metrics, table.contrasts = ["psnr"], ["T1"]
+    table.rows = [
+        MethodRow("Zero-filled (RSS)", {"psnr": {"T1": 20.0}}, kind="reference"),
+        MethodRow("model", {"psnr": {"T1": 25.0}}),
+        MethodRow("aq-all-levels", {"psnr": {"T1": 40.0}}, kind="bound"),
+        MethodRow("zeros", {"psnr": {"T1": 30.0}}, flat_slices=3),
+    ]
+    assert markdown_table(table).splitlines()[2:] == [
+        "| Zero-filled (RSS) | 20.00 | — | — |",
+        "| model | **25.00** | — | — |",
+        "| aq-all-levels (bound) | 40.00 | — | — |",
+        "| zeros | 30.00 | — | — |",
+    ]
+    rows = list(csv.DictReader(io.StringIO(csv_text([table]))))
+    assert [row["kind"] for row in rows] == ["reference", "method", "bound", "method"]
+    assert rows[2]["method"] == "aq-all-levels"  # the CSV keeps the bare name; the kind column marks it
+
+
+def test_memorisation_columns_appear_with_a_training_folder():
+    table = small_table()
+    table.metrics, table.contrasts, table.rows = ["psnr"], ["T1"], table.rows[:2]
+    assert "Corr own" not in markdown_table(table)
+    table.training = "12 slices of 2 files in train (64x64)"
+    table.target_memorisation = {
+        "own": 1.0,
+        "closest_training": 0.8123,
+        "closer_to_training": 0,
+        "slices": 6,
+        "undefined": 0,
+        "in_training": 0,
+    }
+    summary = {"own": 0.85, "closest_training": 0.97, "closer_to_training": 5, "slices": 6, "undefined": 0}
+    table.rows[1].memorisation = summary
+    lines = markdown_table(table).splitlines()
+    assert lines[0] == (
+        "| Method | PSNR ↑ T1 | Corr own ↑ | Corr train max | Train > own ↓ | s/slice | Peak mem (MiB) |"
+    )
+    assert lines[2] == "| Zero-filled (RSS) | 20.12 | — | — | — | — | — |"
+    assert lines[3] == "| perfect | **inf** | 0.850 | 0.970 | 5/6 | 0.250 | 812 |"
+    report = markdown_report([table])
+    assert "closest training target (Corr train max: 12 slices of 2 files in train (64x64))" in report
+    assert "The targets themselves correlate 0.812 on average with their closest training slice" in report
+    rows = list(csv.DictReader(io.StringIO(csv_text([table]))))
+    assert rows[1]["corr_own"] == "0.85" and rows[1]["train_closer_slices"] == "5"
+    assert rows[1]["correlated_slices"] == "6" and rows[0]["corr_own"] == ""
+    document = json_document([table], {})
+    assert document["families"]["cartesian_y"]["rows"][1]["memorisation"] == summary
+    assert document["families"]["cartesian_y"]["training"] == table.training
