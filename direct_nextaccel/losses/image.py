@@ -24,6 +24,7 @@ import torch
 from direct.functionals import SSIMLoss
 from direct.nn.mri_models import _compute_resolution, _crop_volume, _reduce_slice_dim
 
+from direct_nextaccel.core.errors import NonFiniteError
 from direct_nextaccel.losses.perceptual import lpips_network
 
 REDUCTIONS = ("mean", "sum")
@@ -31,12 +32,9 @@ LPIPS_LOSSES = {"lpips_loss": "alex", "lpips_alex_loss": "alex", "lpips_vgg_loss
 """Registered LPIPS loss name -> trunk (a key of :data:`~direct_nextaccel.losses.perceptual.LPIPS_BACKBONES`)."""
 
 
-class NonFiniteInputError(FloatingPointError):
-    """A plugin loss was given a NaN or Inf image.
-
-    Not a RuntimeError: DIRECT's training loop catches RuntimeError to write a checkpoint, and a model that has seen
-    a non-finite batch must not be saved (the plugin engines' ``NonFiniteError`` follows the same rule).
-    """
+class NonFiniteInputError(NonFiniteError):
+    """A plugin loss was given a NaN or Inf image (a :class:`~direct_nextaccel.core.errors.NonFiniteError`, so
+    DIRECT's training loop does not save the model on the way out)."""
 
 
 def _refuse_non_finite(loss: str, source: torch.Tensor, target: torch.Tensor) -> None:
