@@ -8,7 +8,8 @@ the intensity-normalised images when the engine reports its normalisation), back
 :meth:`~PluginEngine.after_backward` (EMA steps, a discriminator step, logging).
 
 Mixed precision (``--mixed-precision``): bfloat16 autocast on the engine's own device type (so CPU runs exercise the
-same path) and no GradScaler, which bfloat16's float32 exponent range does not need.
+same path), no GradScaler (bfloat16 has float32's exponent range), TF32 for the float32 matrix products on a GPU as
+the paper trains; quantizer distances and the losses stay in float32.
 """
 
 from __future__ import annotations
@@ -95,6 +96,9 @@ class PluginEngine(MRIModelEngine):
         )
         self.device_type = torch.device(device).type
         self._scaler = GradScaler(self.device_type, enabled=False)  # bfloat16 needs no loss scaling
+        if mixed_precision and self.device_type == "cuda":
+            torch.backends.cuda.matmul.allow_tf32 = True  # the paper's setting: TF32 for what stays in float32
+            torch.backends.cudnn.allow_tf32 = True
         if self.ONLY_ENGINE_LOSSES:
             names = [entry.function for entry in cfg.training.loss.losses]
             foreign = [name for name in names if name not in self.ENGINE_LOSSES]
