@@ -1,40 +1,50 @@
-"""The demo's plumbing: stage configs, phantom data, availability of stages (the full run is a timed command)."""
+"""``direct-nextaccel demo`` as a user runs it: its default data, one-line errors for unusable options and folders, and
+which stages a rerun trains again (``direct train`` and the benchmark are stand-ins here; the real run is the wheel
+test's)."""
 
 from __future__ import annotations
 
-import argparse
+import subprocess
 
 import h5py
 import numpy as np
 import pytest
+import torch
+from stage_fakes import FakeDirectTrain, write_data
 
-from direct_nextaccel import demo
-from direct_nextaccel.masks.nested import MASK_NAMES
+from direct_nextaccel import cli, demo, pipeline
+from direct_nextaccel.benchmark import quality
+from direct_nextaccel.pipeline import Stage
 
-
-def test_stage_config_fills_family_budget_and_earlier_checkpoints(tmp_path):
-    stage = next(s for s in demo.STAGES if s.name == "NextAccel-distilled")
-    config = demo.stage_config(stage, "radial", 0.5, tmp_path)
-    assert config["training"]["num_iterations"] == 30
-    assert config["training"]["checkpointer"]["checkpoint_steps"] == 30
-    datasets = [*config["training"]["datasets"], *config["validation"]["datasets"], config["inference"]["dataset"]]
-    assert {d["transforms"]["masking"]["name"] for d in datasets} == {MASK_NAMES["radial"]}
-    assert config["model"]["mask_family"] == "radial"
-    assert config["model"]["tokenizer_checkpoint"] == str(tmp_path / "AQ-VAE" / "model_59.pt")
-    assert config["model"]["teacher_checkpoint"] == str(tmp_path / "Teacher" / "model_59.pt")
-    assert config["training"]["model_checkpoint"] == str(tmp_path / "NextAccel" / "model_59.pt")
+CHAIN = [stage.name for stage in pipeline.STAGES]
 
 
-def test_tiny_budget_keeps_directs_minimum_of_six_iterations(tmp_path):
-    stage = next(s for s in demo.STAGES if s.name == "AQ-VAE")
-    config = demo.stage_config(stage, "cartesian_y", 0.001, tmp_path)
-    assert config["training"]["num_iterations"] == 6  # DIRECT validates and checkpoints only from iteration 5
+class FakeBenchmark:
+    """Stands in for ``quality.run_benchmark``: records the methods and writes the table file the demo prints."""
+
+    def __init__(self):
+        self.calls = []
+
+    def __call__(self, data, methods, output, **kwargs):
+        self.calls.append([method.name for method in methods])
+        output.mkdir(parents=True, exist_ok=True)
+        (output / "benchmark.md").write_text("| method |\n")
+        return quality.BenchmarkResult([], [], {})
 
 
-def test_every_stage_of_this_release_is_available():
-    assert {stage.name: demo.stage_available(stage) for stage in demo.STAGES} == {
-        stage.name: None for stage in demo.STAGES
-    }
+@pytest.fixture
+def fakes(monkeypatch):
+    train, benchmark = FakeDirectTrain(), FakeBenchmark()
+    monkeypatch.setattr(subprocess, "Popen", train)
+    monkeypatch.setattr(quality, "run_benchmark", benchmark)
+    return train, benchmark
+
+
+def one_line_error(capsys) -> str:
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1, err
+    assert err.startswith("direct-nextaccel demo: error: ")
+    return err
 
 
 def test_phantoms_are_fastmri_layout_t1_and_t2(tmp_path):
@@ -45,61 +55,87 @@ def test_phantoms_are_fastmri_layout_t1_and_t2(tmp_path):
         assert f.attrs["acquisition"] == "AXT1" and np.isfinite(f["reconstruction_rss"][()]).all()
 
 
-@pytest.mark.parametrize("budget", [0.0, -1.0])
-def test_bad_budget_is_a_one_line_error(tmp_path, capsys, budget):
-    args = argparse.Namespace(
-        output=tmp_path, data=None, task="reconstruction", family="cartesian_y", budget=budget, device="cpu"
-    )
-    assert demo.run(args) == 2
-    assert f"--budget {budget}" in capsys.readouterr().err
+@pytest.mark.parametrize("budget", ["0", "-1", "nan", "inf", "-inf"])
+def test_a_budget_that_is_not_positive_and_finite_is_a_one_line_error(tmp_path, capsys, fakes, budget):
+    output = tmp_path / "o"
+    assert cli.main(["demo", f"--budget={budget}", "--output", str(output)]) == 2
+    assert f"--budget {float(budget)}" in one_line_error(capsys)
+    assert not output.exists() and not fakes[0].commands
 
 
-def test_data_folder_without_files_is_refused(tmp_path, capsys):
-    args = argparse.Namespace(
-        output=tmp_path / "o", data=tmp_path, task="reconstruction", family="cartesian_y", budget=1.0, device="cpu"
-    )
-    assert demo.run(args) == 2
-    assert "no train .h5 files" in capsys.readouterr().err
+def test_an_output_that_is_a_file_is_a_one_line_error(tmp_path, capsys, fakes):
+    output = tmp_path / "demo"
+    output.write_text("results of something else")
+    assert cli.main(["demo", "--output", str(output)]) == 2
+    assert f"--output {output} is a file" in one_line_error(capsys)
+    assert output.read_text() == "results of something else"
 
 
-@pytest.mark.parametrize("budget", [0.25, 1.0, 3.0])
-def test_every_benchmarked_method_trains_on_as_many_slices_as_the_nextaccel_chain(tmp_path, budget):
-    def slices(stage):
-        training = demo.stage_config(stage, "cartesian_y", budget, tmp_path)["training"]
-        return training["num_iterations"] * training["batch_size"]
-
-    chain = sum(slices(stage) for stage in demo.STAGES if stage.iterations is not None)
-    baselines = {stage.name: slices(stage) for stage in demo.STAGES if stage.iterations is None}
-    assert baselines == {"E2EVarNet": chain, "RecurrentVarNet": chain}
+def test_an_output_that_cannot_be_created_is_a_one_line_error(tmp_path, capsys, fakes):
+    (tmp_path / "file").write_text("")
+    output = tmp_path / "file" / "demo"
+    assert cli.main(["demo", "--output", str(output)]) == 2
+    assert f"--output {output} cannot be used" in one_line_error(capsys)
 
 
-def test_baseline_step_schedule_is_stretched_with_its_budget(tmp_path):
-    stage = next(s for s in demo.STAGES if s.name == "E2EVarNet")
-    training = demo.stage_config(stage, "cartesian_y", 1.0, tmp_path)["training"]
-    # tiny config: 30 iterations, one halving after 20; the demo's 420 keep one halving, after 280
-    assert (training["num_iterations"], training["lr_step_size"]) == (420, 280)
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal of CUDA on a machine without a GPU")
+def test_cuda_without_a_gpu_is_refused_before_anything_trains(tmp_path, capsys, fakes):
+    output = tmp_path / "o"
+    assert cli.main(["demo", "--device", "cuda", "--output", str(output)]) == 2
+    assert "--device cuda" in one_line_error(capsys)
+    assert not output.exists() and not fakes[0].commands
 
 
-def test_superresolution_chain_keeps_its_mask_and_feeds_the_tokenizer_to_miar(tmp_path):
-    stage = next(s for s in demo.SR_STAGES if s.name == "MIAR")
-    config = demo.stage_config(stage, None, 1.0, tmp_path, demo.SR_STAGES)
-    datasets = [*config["training"]["datasets"], *config["validation"]["datasets"], config["inference"]["dataset"]]
-    assert {d["transforms"]["masking"]["name"] for d in datasets} == {"SuperResolution"}
-    assert config["model"]["tokenizer_checkpoint"] == str(tmp_path / "MSVQ-VAE" / "model_119.pt")
-    baselines = {
-        s.name: demo.stage_iterations(s.name, 1.0, demo.SR_STAGES) for s in demo.SR_STAGES if s.iterations is None
-    }
-    assert baselines == {"E2EVarNet": 240, "RecurrentVarNet": 240, "U-Net": 240}
+def test_a_data_folder_without_files_is_refused(tmp_path, capsys, fakes):
+    assert cli.main(["demo", "--data", str(tmp_path), "--output", str(tmp_path / "o")]) == 2
+    assert f"no train .h5 files in {tmp_path / 'train'}" in one_line_error(capsys)
+    assert not (tmp_path / "o").exists()
 
 
-def test_decoding_variant_changes_only_the_model_keys(tmp_path):
-    from omegaconf import OmegaConf
+def test_a_missing_stage_config_stops_the_demo_before_anything_trains(tmp_path, capsys, fakes, monkeypatch):
+    stages = (*pipeline.STAGES, Stage("Future", "tiny_future.yaml", 60))
+    monkeypatch.setitem(pipeline.TASKS, "reconstruction", stages)
+    data = write_data(tmp_path / "data")
+    assert cli.main(["demo", "--data", str(data["train"].parent), "--output", str(tmp_path / "o")]) == 2
+    assert "stage Future: no config 'tiny_future.yaml'" in one_line_error(capsys)
+    assert not fakes[0].commands and not fakes[1].calls
 
-    base = tmp_path / "demo_config.yaml"
-    OmegaConf.save(OmegaConf.create({"model": {"decoding": "argmax", "beam_k": 1}, "training": {"lr": 0.1}}), base)
-    path = demo.write_variant(base, "beam3", {"decoding": "beam", "beam_k": 3})
-    assert path.name == "demo_predict_beam3.yaml"
-    assert OmegaConf.to_container(OmegaConf.load(path)) == {
-        "model": {"decoding": "beam", "beam_k": 3},
-        "training": {"lr": 0.1},
-    }
+
+def test_a_rerun_on_other_data_trains_every_stage_again(tmp_path, capsys, fakes):
+    train, benchmark = fakes
+    output = tmp_path / "demo"
+    data_a = write_data(tmp_path / "a")["train"].parent
+    data_b = write_data(tmp_path / "b", b"another subject")["train"].parent
+    argv = ["demo", "--budget", "0.05", "--output", str(output), "--data"]
+
+    assert cli.main([*argv, str(data_a)]) == 0
+    assert train.names == CHAIN
+    assert benchmark.calls == [["E2EVarNet", "RecurrentVarNet", "NextAccel", "NextAccel-distilled"]]
+    assert cli.main([*argv, str(data_a)]) == 0
+    assert train.names == CHAIN  # nothing changed: every stage reused
+    assert cli.main([*argv, str(data_b)]) == 0
+    assert train.names == CHAIN * 2  # the models in the folder were trained on A: none is reused for B
+    assert "| method |" in capsys.readouterr().out
+
+
+def test_a_retrained_stage_retrains_the_stages_built_on_it(tmp_path, fakes, monkeypatch):
+    train, _ = fakes
+    output = tmp_path / "demo"
+    data = write_data(tmp_path / "a")["train"].parent
+    argv = ["demo", "--budget", "0.05", "--output", str(output), "--data", str(data)]
+    assert cli.main(argv) == 0
+    # A changed tokenizer config: the AQ-VAE trains again into the same checkpoint path, which every later stage reads.
+    changed = Stage("AQ-VAE", "tiny_aqvae.yaml", 120, benchmarked=False, model_overrides=lambda family: {"x": 1})
+    stages = tuple(changed if stage.name == "AQ-VAE" else stage for stage in pipeline.STAGES)
+    monkeypatch.setitem(pipeline.TASKS, "reconstruction", stages)
+    assert cli.main(argv) == 0
+    assert train.names[len(CHAIN) :] == ["AQ-VAE", "NextAccel", "Teacher", "NextAccel-distilled"]
+
+
+def test_a_failed_stage_is_a_one_line_error_with_its_cause(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(subprocess, "Popen", FakeDirectTrain(error="ValueError: model.decoding 'greedy' unknown"))
+    data = write_data(tmp_path / "a")["train"].parent
+    assert cli.main(["demo", "--budget", "0.05", "--output", str(tmp_path / "o"), "--data", str(data)]) == 2
+    last = capsys.readouterr().err.strip().splitlines()[-1]  # after the stage's progress bar
+    assert last.startswith("direct-nextaccel demo: error: direct train of E2EVarNet failed: ValueError: model.decoding")
+    assert str(tmp_path / "o" / "runs" / "E2EVarNet" / "demo_train.log") in last

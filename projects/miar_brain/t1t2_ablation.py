@@ -19,7 +19,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from direct_nextaccel import demo
+from direct_nextaccel import pipeline
 
 RUNS = {"MIAR-T2": False, "MIAR-T1toT2": True}  # run name -> model.reference_contrast
 DECODINGS = {"argmax": {"decoding": "argmax"}, "beam1": {"decoding": "beam", "beam_k": 1}}
@@ -44,14 +44,15 @@ def main(argv: list[str] | None = None) -> int:
 
     data = {"train": args.data / "train", "val": args.data / "val"}
     runs = args.output.resolve() / "runs"
-    stage = demo.Stage("MIAR-T1toT2", "tiny_miar_t1t2.yaml", args.iterations)
+    stage = pipeline.Stage("MIAR-T1toT2", "tiny_miar_t1t2.yaml", args.iterations)
     methods = []
     for name, reference in RUNS.items():
-        config = demo.stage_config(stage, None, 1.0, runs, (stage,))
+        config = pipeline.stage_config(stage, None, 1.0, runs, (stage,))
         config["model"].update(tokenizer_checkpoint=str(args.tokenizer.resolve()), reference_contrast=reference)
-        checkpoint = demo.train_stage(demo.Stage(name, stage.config, args.iterations), config, data, runs, args.device)
+        run_stage = pipeline.Stage(name, stage.config, args.iterations)
+        checkpoint = pipeline.train_stage(run_stage, config, data, runs, args.device)
         for decoding, overrides in DECODINGS.items():
-            path = demo.write_variant(runs / name / "demo_config.yaml", decoding, overrides)
+            path = pipeline.write_variant(runs / name / "demo_config.yaml", decoding, overrides)
             methods.append(Method(f"{name}-{decoding}", None, run=f"{path}:{checkpoint}"))
     run_benchmark(
         data["val"],
