@@ -33,14 +33,16 @@ scores 2^k candidates per level), so randomly initialised weights are used unles
 
 Configurations: ``paper`` and ``tiny`` per task.
 
-- reconstruction ``paper``: 256 x 256, 16 coils, the paper-size configs of ``projects/fastmri_brain/configs`` and
-  the paper's transformer (NextAccel's constructor defaults); ``tiny``: 64 x 64, 4 coils, the CPU configs of
-  ``direct_nextaccel/configs/`` and a three-block transformer (one per context stride), so that a test runs in
-  seconds.
+- reconstruction ``paper``: 256 x 256, 16 coils, the paper-size configs of ``projects/fastmri_brain/configs``
+  (``nextaccel_cartesian_y.yaml`` for the transformer); ``tiny``: 64 x 64, 4 coils, the CPU configs shipped in
+  ``direct_nextaccel/configs/`` (``tiny_nextaccel.yaml`` for the transformer, so its checkpoints load).
 - superresolution ``paper``: 256 x 256, 1 coil (MIAR's single-image setting, the data of ``projects/miar_brain``),
   ``projects/miar_brain/configs/{msvqvae,miar}.yaml`` and ``baselines/*_sr4.yaml``; ``tiny``: 64 x 64, 4 coils (the
   data the tiny configs are written for), ``direct_nextaccel/configs/tiny_{msvqvae,miar}.yaml`` and
   ``direct_nextaccel/configs/tiny_sr_*.yaml``.
+
+The tiny configs are package data (read through :mod:`direct_nextaccel.resources`, so ``--config tiny`` works from a
+wheel as from a checkout); the paper-size configs are read from the checkout named by ``--repo-root``.
 """
 
 from __future__ import annotations
@@ -91,7 +93,10 @@ FAMILY = "cartesian_y"
 """Mask family of the benchmark batch, that of the baseline configs."""
 
 REPOSITORY = Path(__file__).resolve().parents[2]
-"""Checkout holding ``direct_nextaccel/configs/`` and ``projects/`` (the default of ``--repo-root``)."""
+"""Checkout holding ``projects/`` with the paper-size configs (the default of ``--repo-root``)."""
+
+PACKAGE_CONFIGS = "direct_nextaccel/configs/"
+"""Prefix of the setups' configs that are package data rather than files of the checkout."""
 
 WEIGHTS_NOTE = "randomly initialised: inference time does not depend on the weights' values"
 
@@ -106,19 +111,18 @@ class Setup:
         k-space (H, W).
     coils : int
         Receive coils.
-    aqvae_config, varnet_config, recurrentvarnet_config : str
-        DIRECT YAML files relative to the repository root; their ``model`` and ``additional_models`` sections build
-        the networks (the NextAccel path uses the AQ-VAE config's sensitivity model).
-    transformer : Mapping[str, Any]
-        NextAccel arguments beyond those fixed by the AQ-VAE config (empty: the constructor defaults, the paper's).
+    aqvae_config, nextaccel_config, varnet_config, recurrentvarnet_config : str
+        DIRECT YAML files (see :func:`resolve_config`); their ``model`` and ``additional_models`` sections build the
+        networks (the NextAccel path uses the AQ-VAE config's sensitivity model and the NextAccel config's
+        transformer, which must repeat the AQ-VAE's shape).
     """
 
     matrix: tuple[int, int]
     coils: int
     aqvae_config: str
+    nextaccel_config: str
     varnet_config: str
     recurrentvarnet_config: str
-    transformer: Mapping[str, Any] = field(default_factory=dict)
 
 
 SETUPS = {
@@ -126,6 +130,7 @@ SETUPS = {
         matrix=(256, 256),
         coils=16,
         aqvae_config="projects/fastmri_brain/configs/aqvae.yaml",
+        nextaccel_config="projects/fastmri_brain/configs/nextaccel_cartesian_y.yaml",
         varnet_config="projects/fastmri_brain/configs/baselines/varnet_cartesian_y.yaml",
         recurrentvarnet_config="projects/fastmri_brain/configs/baselines/recurrentvarnet_cartesian_y.yaml",
     ),
@@ -133,9 +138,9 @@ SETUPS = {
         matrix=(64, 64),
         coils=4,
         aqvae_config="direct_nextaccel/configs/tiny_aqvae.yaml",
+        nextaccel_config="direct_nextaccel/configs/tiny_nextaccel.yaml",
         varnet_config="direct_nextaccel/configs/tiny_varnet_cartesian_y.yaml",
         recurrentvarnet_config="direct_nextaccel/configs/tiny_recurrentvarnet_cartesian_y.yaml",
-        transformer={"depth": 3, "embed_dim": 32, "num_heads": 2},
     ),
 }
 
@@ -197,7 +202,7 @@ class SuperResolutionSetup:
     factor : int
         Super-resolution factor per axis (the configs' ``SuperResolution`` acceleration 16 is 4 x 4).
     msvqvae_config, miar_config, varnet_config, recurrentvarnet_config, unet_config : str
-        DIRECT YAML files relative to the repository root.
+        DIRECT YAML files (see :func:`resolve_config`).
     """
 
     matrix: tuple[int, int]
@@ -333,6 +338,16 @@ def resolve_device(device: str) -> torch.device:
     return torch.device(device)
 
 
+def resolve_config(config: str, repo_root: str | os.PathLike = REPOSITORY) -> Path:
+    """File of a setup's config: one under ``direct_nextaccel/configs/`` is package data (found in a wheel as in a
+    checkout, whatever ``repo_root``), any other path is relative to the checkout ``repo_root``."""
+    from direct_nextaccel import resources
+
+    if config.startswith(PACKAGE_CONFIGS):
+        return resources.config_path(config.removeprefix(PACKAGE_CONFIGS))
+    return Path(repo_root) / config
+
+
 # Building the methods -----------------------------------------------------------------------------------------------
 
 
@@ -403,19 +418,32 @@ def build_engine(config_path: Path, checkpoint: str | os.PathLike | None = None)
     return engine
 
 
-def build_nextaccel(
-    aqvae_engine: Engine, transformer: Mapping[str, Any], checkpoint: str | os.PathLike | None = None
-) -> nn.Module:
-    """NextAccel matching the AQ-VAE of ``aqvae_engine``: its codebook, a copy of its encoder as context encoder.
+def build_nextaccel(aqvae_engine: Engine, config_path: Path, checkpoint: str | os.PathLike | None = None) -> nn.Module:
+    """NextAccel of the YAML ``config_path``, built as ``direct train`` builds it, on the AQ-VAE of ``aqvae_engine``:
+    its codebook, a copy of its encoder as context encoder.
 
-    A checkpoint replaces those (and its ``sensitivity_model`` the AQ-VAE engine's, when it has one).
+    The config must repeat the AQ-VAE's shape (``ValueError`` naming the first key that differs). A checkpoint
+    replaces those weights (and its ``sensitivity_model`` the AQ-VAE engine's, when it has one).
     """
-    from direct_nextaccel.nextaccel.nextaccel import NextAccel
+    from direct.environment import load_models_into_environment_config
+    from direct.utils import filter_arguments_by_signature
+    from omegaconf import OmegaConf
 
-    config = aqvae_engine.cfg.model
-    kwargs = {key: config[key] for key in _SHARED_WITH_AQVAE}
-    kwargs["context_strides"] = sorted(config["context_strides"], reverse=True)  # NextAccel: coarse to fine
-    model = NextAccel(**kwargs, **transformer).eval()
+    if not config_path.is_file():
+        raise FileNotFoundError(
+            f"config {config_path} does not exist: run from a direct-nextaccel checkout or pass --repo-root"
+        )
+    classes, configs = load_models_into_environment_config(OmegaConf.load(config_path))
+    config = OmegaConf.to_container(configs.model)
+    tokenizer = OmegaConf.to_container(aqvae_engine.cfg.model)
+    tokenizer["context_strides"] = sorted(tokenizer["context_strides"], reverse=True)  # NextAccel: coarse to fine
+    for key in (*_SHARED_WITH_AQVAE, "context_strides"):
+        ours, theirs = (list(v) if isinstance(v, list | tuple) else v for v in (config[key], tokenizer[key]))
+        if ours != theirs:
+            raise ValueError(f"{config_path}: model.{key} {ours} differs from the AQ-VAE's {theirs}")
+    cls = classes["model"]
+    kwargs = {key: value for key, value in config.items() if key not in ("model_name", "engine_name")}
+    model = cls(**filter_arguments_by_signature(cls, kwargs)).eval()
     aqvae = aqvae_engine.model
     model.set_codebook(aqvae.quantizer.codebook)
     model.init_context_encoder_from(aqvae.encoder.state_dict())
@@ -822,7 +850,7 @@ def benchmark(
         ``"recurrentvarnet"``; superresolution: ``"msvqvae"``, ``"miar"``, ``"varnet"``, ``"recurrentvarnet"``,
         ``"unet"``); random weights otherwise.
     repo_root : path
-        Checkout holding the configs of the setups.
+        Checkout holding ``projects/`` (the paper-size configs; the tiny ones are package data).
     progress : bool
         Show a tqdm bar over all calls.
     task : str
@@ -895,9 +923,9 @@ def benchmark(
             "mask": f"{FAMILY} R=32",
             "configs": {
                 "aqvae": setup.aqvae_config,
+                "nextaccel": setup.nextaccel_config,
                 "varnet": setup.varnet_config,
                 "recurrentvarnet": setup.recurrentvarnet_config,
-                "nextaccel_transformer": dict(setup.transformer) or "NextAccel constructor defaults (paper)",
             },
             "weights": weights,
             "bf16": "NextAccel transformer under bf16 autocast" if bf16 else False,
@@ -934,14 +962,15 @@ def _reconstruction_methods(
 ) -> list[Method]:
     methods = []
     if "nextaccel" in models:
-        aqvae_engine = build_engine(root / setup.aqvae_config, checkpoints.get("aqvae"))
-        nextaccel = build_nextaccel(aqvae_engine, setup.transformer, checkpoints.get("nextaccel"))
+        aqvae_engine = build_engine(resolve_config(setup.aqvae_config, root), checkpoints.get("aqvae"))
+        nextaccel_config = resolve_config(setup.nextaccel_config, root)
+        nextaccel = build_nextaccel(aqvae_engine, nextaccel_config, checkpoints.get("nextaccel"))
         runners = {mode: nextaccel_runner(aqvae_engine, nextaccel, mode, bf16) for mode in MODES if mode in modes}
         modules = [aqvae_engine.model, *aqvae_engine.models.values(), nextaccel]
         methods.append(Method(modules, runners))
     for model in ("varnet", "recurrentvarnet"):
         if model in models:
-            engine = build_engine(root / getattr(setup, f"{model}_config"), checkpoints.get(model))
+            engine = build_engine(resolve_config(getattr(setup, f"{model}_config"), root), checkpoints.get(model))
             methods.append(Method([engine.model, *engine.models.values()], {model: baseline_runner(engine)}))
     return methods
 
@@ -957,14 +986,17 @@ def _superresolution_methods(
     methods = []
     if "miar" in models:
         engine = build_miar(
-            root / setup.miar_config, root / setup.msvqvae_config, checkpoints.get("msvqvae"), checkpoints.get("miar")
+            resolve_config(setup.miar_config, root),
+            resolve_config(setup.msvqvae_config, root),
+            checkpoints.get("msvqvae"),
+            checkpoints.get("miar"),
         )
         runners = {mode: miar_runner(engine, mode, bf16) for mode in MODES if mode in modes}
         # The MSVQ-VAE is MIAR's frozen tokenizer submodule: its weights and parameters are counted in MIAR's.
         methods.append(Method([engine.model, *engine.models.values()], runners))
     for model in SR_MODELS[1:]:
         if model in models:
-            engine = build_engine(root / getattr(setup, f"{model}_config"), checkpoints.get(model))
+            engine = build_engine(resolve_config(getattr(setup, f"{model}_config"), root), checkpoints.get(model))
             methods.append(Method([engine.model, *engine.models.values()], {model: baseline_runner(engine)}))
     return methods
 
@@ -1151,7 +1183,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
             help=f"{name} weights (DIRECT checkpoint) for {tasks}; default random",
         )
     parser.add_argument("--output", type=Path, metavar="FILE.json", help="also write the results as JSON")
-    parser.add_argument("--repo-root", type=Path, default=REPOSITORY, help="checkout holding projects/")
+    parser.add_argument(
+        "--repo-root", type=Path, default=REPOSITORY, help="checkout holding projects/ (paper-size configs)"
+    )
     parser.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
 
 

@@ -6,6 +6,7 @@ import sys
 
 import pytest
 import torch
+from omegaconf import OmegaConf
 
 from direct_nextaccel import cli
 from direct_nextaccel.benchmark import speed
@@ -120,8 +121,8 @@ def test_missing_checkpoint_and_config_are_named(tmp_path):
     missing = tmp_path / "model_10.pt"
     with pytest.raises(FileNotFoundError, match=re.escape(str(missing))):
         speed.benchmark(checkpoints={"aqvae": missing})
-    with pytest.raises(FileNotFoundError, match="--repo-root"):
-        speed.benchmark(models=["varnet"], repo_root=tmp_path)
+    with pytest.raises(FileNotFoundError, match="--repo-root"):  # the paper-size configs are not package data
+        speed.benchmark(config="paper", models=["varnet"], repo_root=tmp_path)
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal of CUDA on a machine without a GPU")
@@ -136,7 +137,7 @@ def test_cli_reports_a_bad_option_in_one_line(capsys):
 
 
 def test_checkpoints_are_loaded_in_direct_and_bare_formats(tmp_path):
-    config = speed.REPOSITORY / speed.SETUPS["tiny"].varnet_config
+    config = speed.resolve_config(speed.SETUPS["tiny"].varnet_config)
     engine = speed.build_engine(config)
     model_state = {k: torch.full_like(v, 0.5) for k, v in engine.model.state_dict().items()}
     sensitivity = engine.models["sensitivity_model"]
@@ -153,6 +154,57 @@ def test_checkpoints_are_loaded_in_direct_and_bare_formats(tmp_path):
     torch.save({"model": {"layers_list.0.learning_rate": torch.ones(3)}}, tmp_path / "wrong.pt")
     with pytest.raises(ValueError, match=r"wrong\.pt"):
         speed.build_engine(config, tmp_path / "wrong.pt")
+
+
+def test_tiny_configs_are_package_data_and_paper_configs_come_from_the_checkout(tmp_path):
+    from direct_nextaccel import resources
+
+    tiny = speed.resolve_config(speed.SETUPS["tiny"].aqvae_config, repo_root=tmp_path)  # not under tmp_path
+    assert tiny == resources.config_path("tiny_aqvae.yaml") and tiny.is_file()
+    paper = speed.SETUPS["paper"].aqvae_config
+    assert speed.resolve_config(paper, repo_root=tmp_path) == tmp_path / paper
+    assert speed.resolve_config(paper).is_file()  # this checkout
+
+
+def test_tiny_nextaccel_is_the_architecture_of_its_config(tmp_path):
+    """`speed --config tiny` builds NextAccel from tiny_nextaccel.yaml (not a size of its own), so the checkpoints
+    of that config load."""
+    import inspect
+
+    from direct_nextaccel.nextaccel.nextaccel import NextAccel
+
+    setup = speed.SETUPS["tiny"]
+    config_path = speed.resolve_config(setup.nextaccel_config)
+    aqvae = speed.build_engine(speed.resolve_config(setup.aqvae_config))
+    model = speed.build_nextaccel(aqvae, config_path)
+    yaml = OmegaConf.to_container(OmegaConf.load(config_path).model)
+    expected = NextAccel(**{k: v for k, v in yaml.items() if k in inspect.signature(NextAccel).parameters})
+    shapes = {k: v.shape for k, v in expected.state_dict().items()}
+    assert {k: v.shape for k, v in model.state_dict().items()} == shapes and len(model.blocks) == yaml["depth"]
+
+    state = {k: torch.full_like(v, 0.5) if v.is_floating_point() else v for k, v in expected.state_dict().items()}
+    torch.save({"model": state}, tmp_path / "nextaccel.pt")
+    result = speed.benchmark(
+        config="tiny",
+        batch_sizes=[1],
+        repeats=1,
+        warmup=0,
+        modes=["argmax"],
+        models=["nextaccel"],
+        checkpoints={"nextaccel": tmp_path / "nextaccel.pt"},
+    )
+    assert result["configs"]["nextaccel"] == "direct_nextaccel/configs/tiny_nextaccel.yaml"
+    assert result["weights"]["nextaccel"] == str(tmp_path / "nextaccel.pt")
+
+
+def test_a_nextaccel_config_that_does_not_repeat_its_tokenizer_is_refused_naming_the_key(tmp_path):
+    setup = speed.SETUPS["tiny"]
+    config = OmegaConf.load(speed.resolve_config(setup.nextaccel_config))
+    config.model.codebook_size = 32
+    OmegaConf.save(config, tmp_path / "nextaccel.yaml")
+    aqvae = speed.build_engine(speed.resolve_config(setup.aqvae_config))
+    with pytest.raises(ValueError, match=r"model\.codebook_size 32 differs from the AQ-VAE's 64"):
+        speed.build_nextaccel(aqvae, tmp_path / "nextaccel.yaml")
 
 
 def test_summary_statistics_and_ratio_targets():
@@ -205,7 +257,7 @@ def test_tiny_superresolution_runs_miar_and_the_sr_baselines_and_writes_json(tmp
         assert all(value > 0 for value in stages.values())
         assert sum(stages.values()) == pytest.approx(row["seconds_per_slice"]["median"])
     # MIAR's row counts its frozen tokenizer (the MSVQ-VAE) with the transformer and LR encoder.
-    tokenizer = speed.build_engine(speed.REPOSITORY / "direct_nextaccel/configs/tiny_msvqvae.yaml").model
+    tokenizer = speed.build_engine(speed.resolve_config("direct_nextaccel/configs/tiny_msvqvae.yaml")).model
     assert result["rows"][0]["parameters"] > sum(p.numel() for p in tokenizer.parameters())
 
     medians = {row["name"]: row["seconds_per_slice"]["median"] for row in result["rows"]}
@@ -224,7 +276,7 @@ def test_tiny_superresolution_runs_miar_and_the_sr_baselines_and_writes_json(tmp
 
 def test_miar_runner_times_the_engines_prediction():
     setup = speed.SR_SETUPS["tiny"]
-    engine = speed.build_miar(speed.REPOSITORY / setup.miar_config, speed.REPOSITORY / setup.msvqvae_config)
+    engine = speed.build_miar(speed.resolve_config(setup.miar_config), speed.resolve_config(setup.msvqvae_config))
     batch = speed.superresolution_batch(setup, 2, torch.device("cpu"))
     assert engine.cfg.model.decoding == "beam" and engine.cfg.model.beam_k == 1
     with torch.inference_mode():
@@ -238,11 +290,11 @@ def test_miar_runner_times_the_engines_prediction():
 
 def test_miar_is_built_on_the_msvqvae_checkpoint(tmp_path):
     setup = speed.SR_SETUPS["tiny"]
-    tokenizer = speed.build_engine(speed.REPOSITORY / setup.msvqvae_config).model
+    tokenizer = speed.build_engine(speed.resolve_config(setup.msvqvae_config)).model
     state = {k: torch.full_like(v, 0.5) if v.is_floating_point() else v for k, v in tokenizer.state_dict().items()}
     torch.save({"model": state}, tmp_path / "msvqvae.pt")
     engine = speed.build_miar(
-        speed.REPOSITORY / setup.miar_config, speed.REPOSITORY / setup.msvqvae_config, tmp_path / "msvqvae.pt"
+        speed.resolve_config(setup.miar_config), speed.resolve_config(setup.msvqvae_config), tmp_path / "msvqvae.pt"
     )
     assert all(torch.equal(v, state[k]) for k, v in engine.miar.tokenizer.state_dict().items())
     encoder = engine.miar.context_encoder.state_dict()
