@@ -577,6 +577,7 @@ def nextaccel_runner(aqvae_engine: Engine, nextaccel: nn.Module, mode: str, bf16
     import torch
 
     from direct_nextaccel.core.images import center_crop_or_pad, sense_adjoint
+    from direct_nextaccel.nextaccel.acquisition import intensity_factor
 
     aqvae = aqvae_engine.model
     options = decoding_options(mode)
@@ -586,14 +587,17 @@ def nextaccel_runner(aqvae_engine: Engine, nextaccel: nn.Module, mode: str, bf16
         sensitivity_map = aqvae_engine.compute_sensitivity_map(batch["sensitivity_map"])
         clock("sensitivities")
         mask = batch["sampling_mask"][:, 0, :, :, 0]  # B, H, W
+        factor = intensity_factor(
+            kspace, aqvae_engine.center_fraction, aqvae.intensity_gain, aqvae_engine.backward_operator
+        )[:, None, None, None]  # B, 1, 1, 1
         image = sense_adjoint(kspace, sensitivity_map, mask, aqvae_engine.backward_operator)  # B, H, W, 2
-        image32 = center_crop_or_pad(image.permute(0, 3, 1, 2), aqvae.image_size)  # B, 2, h, w
+        image32 = center_crop_or_pad(image.permute(0, 3, 1, 2) * factor, aqvae.image_size)  # B, 2, h, w
         q32 = aqvae.encode(image32[:, None], batch["family"], levels=[0]).indices[0]  # B, g0, g0
         clock("tokenize")
         with torch.autocast(kspace.device.type, dtype=torch.bfloat16, enabled=bf16):
             tokens = nextaccel.generate(q32, image32, batch["family"], use_cache=True, **options)
         clock("generate")
-        decoded = center_crop_or_pad(aqvae.decode_indices(tokens), tuple(kspace.shape[2:4]))  # B, 2, H, W
+        decoded = center_crop_or_pad(aqvae.decode_indices(tokens) / factor, tuple(kspace.shape[2:4]))  # B, 2, H, W
         magnitude = torch.linalg.vector_norm(decoded, dim=1)  # B, H, W
         clock("decode")
         return magnitude
@@ -620,7 +624,9 @@ def miar_runner(engine: Engine, mode: str, bf16: bool) -> Runner:
         kspace = batch["masked_kspace"]
         sensitivity_map = engine.compute_sensitivity_map(batch["sensitivity_map"])
         clock("sensitivities")
-        lr_image = engine.lr_image({**batch, "sensitivity_map": sensitivity_map})  # B, 2, h, w
+        data = {**batch, "sensitivity_map": sensitivity_map}
+        factor = engine.intensity_factor(data)[:, None, None, None]  # B, 1, 1, 1
+        lr_image = engine.lr_image(data, factor[:, 0, 0, 0])  # B, 2, h, w
         clock("lr_image")
         hook = miar.context_encoder.register_forward_hook(lambda *_: clock("lr_encoder"))
         try:
@@ -629,7 +635,7 @@ def miar_runner(engine: Engine, mode: str, bf16: bool) -> Runner:
         finally:
             hook.remove()
         clock("generate")
-        decoded = center_crop_or_pad(miar.tokenizer.decode_indices(tokens), tuple(kspace.shape[2:4]))  # B, 2, H, W
+        decoded = center_crop_or_pad(miar.tokenizer.decode_indices(tokens) / factor, tuple(kspace.shape[2:4]))
         magnitude = torch.linalg.vector_norm(decoded, dim=1)  # B, H, W
         clock("decode")
         return magnitude

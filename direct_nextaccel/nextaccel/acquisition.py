@@ -12,7 +12,8 @@ import numpy as np
 import torch
 
 from direct_nextaccel.core.images import file_seed, sense_adjoint
-from direct_nextaccel.masks.nested import LEVELS, family_index, level_map
+from direct_nextaccel.core.intensity import reference_scale
+from direct_nextaccel.masks.nested import LEVELS, family_index, level_map, shared_calibration_mask
 
 NUM_LEVELS = len(LEVELS) + 1  # the five accelerations and the fully sampled data
 
@@ -95,6 +96,41 @@ def hierarchy_images(
     return torch.stack(images, dim=1).permute(0, 1, 4, 2, 3).contiguous()
 
 
+def intensity_factor(
+    kspace: torch.Tensor,
+    center_fraction: float | None,
+    gain: torch.Tensor | float,
+    backward_operator: Callable,
+    filenames: Sequence[str] | None = None,
+    slice_numbers: Sequence[int] | torch.Tensor | None = None,
+) -> torch.Tensor:
+    """``gain / s`` per slice, ``s`` from the calibration centre every nested family shares.
+
+    The fully sampled k-space and any family's R = 32 input hold the same samples there, so training and inference,
+    and every family, get the same factor (:mod:`direct_nextaccel.core.intensity`).
+
+    Parameters
+    ----------
+    kspace : torch.Tensor
+        (B, C, H, W, 2), fully sampled or masked by a nested mask.
+    center_fraction : float or None
+        The masks' calibration centre value.
+    gain : torch.Tensor or float
+        The tokenizer's ``intensity_gain``.
+    backward_operator : callable
+        DIRECT's inverse FFT.
+    filenames, slice_numbers : sequence, optional
+        To name a slice whose scale is zero or not finite.
+
+    Returns
+    -------
+    torch.Tensor
+        (B,).
+    """
+    region = torch.from_numpy(shared_calibration_mask(tuple(kspace.shape[2:4]), center_fraction))
+    return gain / reference_scale(kspace, region, backward_operator, filenames, slice_numbers)
+
+
 def family_labels(families: Sequence[str], device: torch.device) -> torch.Tensor:
     """Integer FiLM labels of the families, shape (B,)."""
     return torch.tensor([family_index(f) for f in families], dtype=torch.long, device=device)
@@ -105,5 +141,6 @@ __all__ = [
     "choose_families",
     "family_labels",
     "hierarchy_images",
+    "intensity_factor",
     "level_masks",
 ]
