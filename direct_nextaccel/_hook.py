@@ -247,15 +247,25 @@ class DirectPluginFinder:
         return importlib.machinery.ModuleSpec(fullname, _AliasLoader(target_name), is_package=is_package)
 
 
-def _module_getattr(module: ModuleType, suffix: str, resolve) -> None:
-    """Give ``module`` a PEP 562 ``__getattr__`` resolving missing ``<Name><suffix>`` attributes with ``resolve``."""
+def _module_getattr(module: ModuleType, suffix: str, resolve, what: str, plugin_names) -> None:
+    """Give ``module`` a PEP 562 ``__getattr__`` resolving missing ``<Name><suffix>`` attributes with ``resolve``.
+
+    A ``<Name><suffix>`` that neither DIRECT nor a plugin defines raises an AttributeError whose message lists the
+    names there are (``what`` says which YAML key takes them; ``plugin_names()`` gives the plugins').
+    """
 
     def __getattr__(name: str):
         if name.endswith(suffix):
             try:
                 return resolve(name)
             except AttributeError:
-                pass
+                builtin = sorted(
+                    key.removesuffix(suffix) for key in vars(module) if key.endswith(suffix) and key != suffix
+                )
+                raise AttributeError(
+                    f"unknown {what} {name.removesuffix(suffix)!r}: DIRECT has {', '.join(builtin)}; plugins add "
+                    f"{', '.join(sorted(plugin_names())) or 'none'}"
+                ) from None
         raise AttributeError(f"module {module.__name__!r} has no attribute {name!r}")
 
     module.__getattr__ = __getattr__
@@ -263,17 +273,19 @@ def _module_getattr(module: ModuleType, suffix: str, resolve) -> None:
 
 def _patch_subsample(module: ModuleType) -> None:
     """Let ``str_to_class("direct.common.subsample", "<Name>MaskFunc")`` find plugin masks."""
-    _module_getattr(module, "MaskFunc", REGISTRY.mask_class)
+    _module_getattr(module, "MaskFunc", REGISTRY.mask_class, "masking.name", lambda: REGISTRY.load().masks)
 
 
 def _patch_datasets(module: ModuleType) -> None:
     """Let ``str_to_class("direct.data.datasets", "<Name>Dataset")`` find plugin datasets."""
-    _module_getattr(module, "Dataset", REGISTRY.dataset_class)
+    _module_getattr(module, "Dataset", REGISTRY.dataset_class, "dataset name", lambda: REGISTRY.load().datasets)
 
 
 def _patch_datasets_config(module: ModuleType) -> None:
     """Let ``str_to_class("direct.data.datasets_config", "<Name>Config")`` find plugin dataset configurations."""
-    _module_getattr(module, "Config", REGISTRY.dataset_config)
+    _module_getattr(
+        module, "Config", REGISTRY.dataset_config, "dataset configuration", lambda: REGISTRY.load().datasets
+    )
 
 
 def _patch_mri_models(module: ModuleType) -> None:

@@ -134,13 +134,6 @@ def test_third_party_alias_and_refused_shadowing(tmp_path):
     assert "refused plugin entry" in result.stderr
 
 
-def test_unknown_mask_name_still_fails_like_direct():
-    from direct.common import subsample
-
-    with pytest.raises(AttributeError, match="NoSuchMaskFunc"):
-        subsample.build_masking_function("NoSuch", accelerations=[4])
-
-
 def test_builtin_engine_builds_plugin_losses_in_yaml_order():
     from direct.nn.loss_keys import KeyedLossFn
     from direct.nn.varnet.varnet_engine import EndToEndVarNetEngine
@@ -322,3 +315,12 @@ def test_third_party_dataset_and_refused_shadowing(tmp_path):
     assert "direct.datasets name 'FastMRI' of 'myplugdata:MineDataset' would shadow a DIRECT built-in" in out
     assert "direct.datasets name 'CalgaryCampinas' of 'myplugdata:MineDataset' would shadow a DIRECT built-in" in out
     assert "refused plugin entry" in result.stderr
+
+
+def test_unknown_mask_name_lists_directs_and_the_plugins_masks():
+    from direct.common.subsample import build_masking_function
+
+    with pytest.raises(AttributeError, match=r"unknown masking.name 'NestedCartesianZ': DIRECT has .*Gaussian2D.*"):
+        build_masking_function("NestedCartesianZ", [32], [0.01])
+    with pytest.raises(AttributeError, match=r"plugins add NestedCartesianX, NestedCartesianY, .*SuperResolution"):
+        build_masking_function("NestedCartesianZ", [32], [0.01])
