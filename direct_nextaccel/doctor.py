@@ -130,9 +130,11 @@ def run(args: argparse.Namespace) -> int:
     for line in found.refused:
         print(f"refused: {line}")
 
-    from direct_nextaccel.weights import weights_report
+    from direct_nextaccel.weights import weights_dir_problem, weights_report
 
     print("optional pretrained weights (searched locally only, never downloaded):")
+    if problem := weights_dir_problem():
+        print(f"  WARNING: {problem}")
     for name, purpose, path in weights_report():
         print(f"  {name:<18} {'found ' + str(path) if path else 'absent'}  ({purpose})")
     return 0 if startup is not None else 1

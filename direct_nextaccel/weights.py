@@ -94,6 +94,20 @@ def search_dirs() -> list[Path]:
     return dirs
 
 
+def weights_dir_problem() -> str | None:
+    """One line when ``$DIRECT_NEXTACCEL_WEIGHTS_DIR`` is set but names no folder (nothing there, or a file), else
+    None: such a setting would otherwise be searched silently and find nothing."""
+    value = os.environ.get(WEIGHTS_DIR_ENV)
+    if not value:
+        return None
+    folder = Path(value).expanduser()
+    if not folder.exists():
+        return f"${WEIGHTS_DIR_ENV} is {value!r}, which does not exist"
+    if not folder.is_dir():
+        return f"${WEIGHTS_DIR_ENV} is {value!r}, which is a file, not a folder of weight files"
+    return None
+
+
 def _spec(name: str) -> WeightSpec:
     if name not in WEIGHT_SPECS:
         raise ValueError(f"unknown weight {name!r}; known: {', '.join(WEIGHT_SPECS)}")
@@ -126,9 +140,11 @@ def missing_weight_message(name: str) -> str:
     """One line saying which file is missing, where it was looked for and how to point at it."""
     spec = _spec(name)
     searched = ", ".join(str(folder) for folder in search_dirs())
+    problem = weights_dir_problem()
     return (
         f"{spec.filename} ({spec.purpose}) not found in [{searched}]: put it in a folder named by "
         f"${WEIGHTS_DIR_ENV} (it is never downloaded; get it from {spec.origin})"
+        + (f"; note: {problem}" if problem else "")
     )
 
 

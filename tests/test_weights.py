@@ -96,3 +96,18 @@ def test_import_does_not_load_torch():
     code = "import sys, direct_nextaccel.weights; print('torch' in sys.modules)"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "False"
+
+
+def test_a_weights_dir_that_is_missing_or_a_file_is_said(clean_env, monkeypatch, capsys):
+    from direct_nextaccel import doctor
+    from direct_nextaccel.weights import missing_weight_message, weights_dir_problem
+
+    assert weights_dir_problem() is None
+    monkeypatch.setenv(WEIGHTS_DIR_ENV, str(clean_env / "nowhere"))
+    assert weights_dir_problem() == f"${WEIGHTS_DIR_ENV} is '{clean_env / 'nowhere'}', which does not exist"
+    assert missing_weight_message("alexnet").endswith("which does not exist")
+    (clean_env / "a_file").write_text("not a folder")
+    monkeypatch.setenv(WEIGHTS_DIR_ENV, str(clean_env / "a_file"))
+    assert "which is a file, not a folder" in weights_dir_problem()
+    doctor.run(None)
+    assert "WARNING: $DIRECT_NEXTACCEL_WEIGHTS_DIR is" in capsys.readouterr().out
