@@ -35,7 +35,7 @@ class WarmupDecayLR(torch.optim.lr_scheduler._LRScheduler):
         # DIRECT's own scheduler has already scaled "lr" by its warm-up factor; "initial_lr" is the configured value.
         group = optimizer.param_groups[0]
         base_lr = group.get("initial_lr", group["lr"])
-        self.kind = kind
+        self.kind = str(kind)  # a plain str: a config Enum member would make the checkpoint unloadable by weights_only
         self.warmup_iterations = warmup_iterations
         self.total_iterations = total_iterations
         self.floor = min(min_lr / base_lr, 1.0) if base_lr > 0 else 0.0

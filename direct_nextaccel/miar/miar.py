@@ -43,12 +43,10 @@ from torch import Tensor, nn
 from direct_nextaccel.miar.msvqvae import MSVQVAE
 from direct_nextaccel.modules.attention import ContextKV, KVCache
 from direct_nextaccel.modules.decoding import (
-    BEAM_TOKEN_COUNTS,
-    SAMPLING_MODES,
     StepFn,
     beam_search,
+    check_decoding,
     decode,
-    filter_logits,
     step_from_history,
 )
 from direct_nextaccel.modules.quantizer import resize_latent
@@ -56,21 +54,6 @@ from direct_nextaccel.modules.rope import Rope2D
 from direct_nextaccel.modules.transformer import RMSNormBlock, block_causal_mask
 from direct_nextaccel.modules.vqvae import Encoder
 from direct_nextaccel.nextaccel.nextaccel import sincos_2d
-
-GENERATION_MODES = (*SAMPLING_MODES, "beam")
-
-
-def check_decoding(mode: str, beam_k: int, beam_alpha: float, top_k: int, top_p: float, temperature: float) -> None:
-    """Raise a one-line ValueError naming the first bad decoding setting."""
-    if mode not in GENERATION_MODES:
-        raise ValueError(f"decoding {mode!r} is not one of {GENERATION_MODES}")
-    if isinstance(beam_k, bool) or beam_k not in BEAM_TOKEN_COUNTS:
-        raise ValueError(f"beam_k {beam_k!r} is not one of {BEAM_TOKEN_COUNTS}")
-    if beam_alpha < 0:
-        raise ValueError(f"beam_alpha {beam_alpha} must be non-negative")
-    filter_logits(torch.zeros(1, 2), top_k=top_k, top_p=top_p)
-    if mode in ("multinomial", "top_k_top_p") and temperature <= 0:
-        raise ValueError(f"temperature {temperature} must be positive for decoding {mode!r}")
 
 
 def _init_transformer_weights(module: nn.Module) -> None:

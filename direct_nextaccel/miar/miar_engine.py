@@ -15,7 +15,6 @@ centre-cropped or zero-padded to the model size like the LR input and conditions
 from __future__ import annotations
 
 import logging
-import math
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -24,9 +23,11 @@ import torch
 from direct_nextaccel.core.engine import PluginEngine
 from direct_nextaccel.core.images import center_crop_or_pad, coil_combined
 from direct_nextaccel.core.intensity import IntensityError, check_convention
+from direct_nextaccel.miar.config import MIARConfig
 from direct_nextaccel.miar.images import low_resolution_image
-from direct_nextaccel.miar.miar import check_decoding, token_cross_entropy
+from direct_nextaccel.miar.miar import token_cross_entropy
 from direct_nextaccel.miar.msvqvae_engine import MSVQVAEEngine, intensity_factor, replace_schedule, require_kspace
+from direct_nextaccel.modules.options import validate_model_config
 
 __all__ = ["MIAREngine", "MSVQVAEEngine", "load_tokenizer_state"]
 
@@ -65,12 +66,7 @@ class MIAREngine(PluginEngine):
     ONLY_ENGINE_LOSSES: ClassVar[bool] = True
 
     def __init__(self, cfg, model, device, forward_operator, backward_operator, mixed_precision=False, **models):
-        config = cfg.model
-        check_decoding(
-            config.decoding, config.beam_k, config.beam_alpha, config.top_k, config.top_p, config.temperature
-        )
-        if not math.isfinite(config.lr_blur_sigma) or config.lr_blur_sigma < 0:
-            raise ValueError(f"lr_blur_sigma {config.lr_blur_sigma} must be >= 0 (0 switches the blur off)")
+        validate_model_config(cfg.model, MIARConfig)  # ranges; DIRECT's merge has checked the choices
         super().__init__(
             cfg,
             model,

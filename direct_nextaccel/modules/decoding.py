@@ -16,6 +16,7 @@ cache can wrap ``next_logits(history, condition) -> logits`` with :func:`step_fr
 """
 
 import dataclasses
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -25,7 +26,36 @@ from torch import Tensor
 StepFn = Callable[[Tensor | None, Any], tuple[Tensor, Any]]
 
 SAMPLING_MODES = ("argmax", "multinomial", "top_k_top_p")
+DECODING_MODES = (*SAMPLING_MODES, "beam")
 BEAM_TOKEN_COUNTS = (1, 2, 3)
+
+
+def check_decoding(mode: str, beam_k: int, beam_alpha: float, top_k: int, top_p: float, temperature: float) -> None:
+    """The one check of decoding settings, for both methods' configs (``model.decoding`` ... ``model.temperature``,
+    through :class:`~direct_nextaccel.modules.options.DecodingOptions`) and their ``generate`` methods.
+
+    Every setting is checked whatever the mode, so a config is valid or not independently of the mode it selects.
+
+    Raises
+    ------
+    ValueError
+        One line naming the first bad setting by its config key: ``mode`` (key ``decoding``) not in
+        :data:`DECODING_MODES`; ``beam_k`` not in :data:`BEAM_TOKEN_COUNTS`; ``beam_alpha`` negative or not finite;
+        ``top_k`` not a non-negative integer (0 disables it); ``top_p`` not in (0, 1]; ``temperature`` not positive
+        and finite.
+    """
+    if mode not in DECODING_MODES:
+        raise ValueError(f"decoding {mode!r} is not one of {DECODING_MODES}")
+    if isinstance(beam_k, bool) or not isinstance(beam_k, int) or beam_k not in BEAM_TOKEN_COUNTS:
+        raise ValueError(f"beam_k {beam_k!r} is not one of {BEAM_TOKEN_COUNTS}")
+    if not (math.isfinite(beam_alpha) and beam_alpha >= 0):
+        raise ValueError(f"beam_alpha {beam_alpha} must be non-negative")
+    if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 0:
+        raise ValueError(f"top_k {top_k!r} must be a non-negative integer (0 disables it)")
+    if not 0.0 < top_p <= 1.0:
+        raise ValueError(f"top_p {top_p} is not in (0, 1]")
+    if not (math.isfinite(temperature) and temperature > 0):
+        raise ValueError(f"temperature {temperature} must be positive")
 
 
 def filter_logits(logits: Tensor, top_k: int = 0, top_p: float = 1.0) -> Tensor:

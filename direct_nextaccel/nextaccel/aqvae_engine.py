@@ -17,8 +17,10 @@ from direct_nextaccel import _hook
 from direct_nextaccel.core.engine import INTENSITY_KEY, TokenizerEngine
 from direct_nextaccel.core.images import center_crop_or_pad
 from direct_nextaccel.core.intensity import reference_scale
-from direct_nextaccel.masks.nested import LEVELS, family_index, shared_calibration_mask
+from direct_nextaccel.masks.nested import LEVELS, shared_calibration_mask
+from direct_nextaccel.modules.options import validate_model_config
 from direct_nextaccel.nextaccel import acquisition
+from direct_nextaccel.nextaccel.config import AQVAEConfig
 from direct_nextaccel.schedules import warmup_schedule
 
 logger = logging.getLogger(__name__)
@@ -45,6 +47,7 @@ class AQVAEEngine(TokenizerEngine):
     }
 
     def __init__(self, cfg, model, device, forward_operator, backward_operator, mixed_precision=False, **models):
+        validate_model_config(cfg.model, AQVAEConfig)  # ranges; DIRECT's merge has checked the choices
         super().__init__(
             cfg,
             model,
@@ -55,22 +58,8 @@ class AQVAEEngine(TokenizerEngine):
             **models,
         )
         self.families = tuple(cfg.model.mask_families)
-        if not self.families:
-            raise ValueError("model.mask_families is empty: name at least one of the nested mask families")
-        for family in self.families:
-            family_index(family)
         self.center_fraction = cfg.model.mask_center_fraction
-        if len(cfg.model.token_grids) != acquisition.NUM_LEVELS:
-            raise ValueError(
-                f"model.token_grids {list(cfg.model.token_grids)} must give one grid per level (32, 16, 8, 4, 2, FS)"
-            )
-        if cfg.model.var_init not in ("var", "none"):
-            raise ValueError(f"model.var_init {cfg.model.var_init!r} is not 'var' or 'none'")
         self.output_levels = tuple(cfg.model.output_levels)
-        if not self.output_levels or any(not 0 <= level < acquisition.NUM_LEVELS for level in self.output_levels):
-            raise ValueError(
-                f"model.output_levels {list(self.output_levels)} must be a non-empty list of level indices 0..5"
-            )
         self.discriminator = None
         self.discriminator_optimizer = None
         self._family_generator = torch.Generator().manual_seed(torch.initial_seed() % 2**63)

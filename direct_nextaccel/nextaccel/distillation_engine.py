@@ -27,7 +27,8 @@ import torch
 from torch import Tensor
 
 from direct_nextaccel.masks.nested import LEVELS
-from direct_nextaccel.modules.decoding import SAMPLING_MODES
+from direct_nextaccel.modules.options import validate_model_config
+from direct_nextaccel.nextaccel.config import NextAccelConfig
 from direct_nextaccel.nextaccel.nextaccel import NextAccel
 from direct_nextaccel.nextaccel.tokenizer_loading import load_teacher
 from direct_nextaccel.nextaccel.transformer_engine import NextAccelEngine
@@ -130,12 +131,8 @@ class TeacherEngine(NextAccelEngine):
     PRIVILEGED: ClassVar[bool] = True
 
     def __init__(self, cfg, model, device, forward_operator, backward_operator, mixed_precision=False, **models):
+        # model.prefix_noise and model.prefix_noise_fraction are checked with the whole config by NextAccelEngine.
         super().__init__(cfg, model, device, forward_operator, backward_operator, mixed_precision, **models)
-        config = cfg.model
-        if config.prefix_noise not in PREFIX_NOISE:
-            raise ValueError(f"model.prefix_noise {config.prefix_noise!r} is not one of {PREFIX_NOISE}")
-        if not 0.0 <= config.prefix_noise_fraction <= 1.0:
-            raise ValueError(f"model.prefix_noise_fraction {config.prefix_noise_fraction} is not in [0, 1]")
 
     def teacher_forcing_tokens(
         self, tokens: list[Tensor], image32: Tensor, family: Tensor, fs_image: Tensor | None
@@ -174,10 +171,10 @@ class DistillationEngine(NextAccelEngine):
     ENGINE_LOSSES: ClassVar[dict[str, str]] = {"reverse_kl": "reverse_kl"}
 
     def __init__(self, cfg, model, device, forward_operator, backward_operator, mixed_precision=False, **models):
+        if "teacher" in cfg.get("additional_models", {}):  # model.rollout is checked by NextAccelEngine
+            validate_model_config(cfg.additional_models.teacher, NextAccelConfig, "additional_models.teacher")
         super().__init__(cfg, model, device, forward_operator, backward_operator, mixed_precision, **models)
         config = cfg.model
-        if config.rollout not in SAMPLING_MODES:
-            raise ValueError(f"model.rollout {config.rollout!r} is not one of {SAMPLING_MODES}")
         if "teacher" not in self.models:
             raise ValueError(
                 "DistillationEngine needs additional_models.teacher: {model_name: nextaccel.nextaccel.NextAccel, "

@@ -34,10 +34,11 @@ from direct_nextaccel.core.engine import PluginEngine
 from direct_nextaccel.core.images import center_crop_or_pad, sense_adjoint
 from direct_nextaccel.core.intensity import reference_scale
 from direct_nextaccel.masks.nested import LEVELS, MASK_NAMES, family_of, mask_func_for_family, shared_calibration_mask
-from direct_nextaccel.modules.decoding import BEAM_TOKEN_COUNTS
+from direct_nextaccel.modules.options import validate_model_config
 from direct_nextaccel.nextaccel import acquisition
 from direct_nextaccel.nextaccel.aqvae_engine import LEVEL_NAMES
-from direct_nextaccel.nextaccel.nextaccel import GENERATION_MODES, NextAccel, uncertainty_map
+from direct_nextaccel.nextaccel.config import NextAccelConfig
+from direct_nextaccel.nextaccel.nextaccel import NextAccel, uncertainty_map
 from direct_nextaccel.nextaccel.tokenizer_loading import load_checkpoint, load_frozen_additional_model, load_tokenizer
 from direct_nextaccel.schedules import warmup_schedule
 
@@ -49,29 +50,7 @@ samples); anything else (R = 16, R = 64, a wrong masking block) is refused at ev
 
 UNCERTAINTY_FOLDER = "uncertainty"
 
-TRAINING_MASKS = ("file", "fresh")
-"""``model.training_masks``: DIRECT's per-file nested mask, or a fresh one per slice and iteration."""
-
-LR_SCHEDULES = ("linear", "cosine", "direct")
-"""``model.lr_schedule``: warm-up then linear (paper base model) or cosine (paper distillation) decay, or DIRECT's."""
-
 _hook.install()
-
-
-def check_decoding_config(config: Any) -> None:
-    """Refuse decoding settings outside their ranges, naming the ``model.*`` key and value."""
-    if config.decoding not in GENERATION_MODES:
-        raise ValueError(f"model.decoding {config.decoding!r} is not one of {GENERATION_MODES}")
-    if isinstance(config.beam_k, bool) or config.beam_k not in BEAM_TOKEN_COUNTS:
-        raise ValueError(f"model.beam_k {config.beam_k} is not one of {BEAM_TOKEN_COUNTS}")
-    if not config.beam_alpha >= 0:
-        raise ValueError(f"model.beam_alpha {config.beam_alpha} must be non-negative")
-    if not 0.0 < config.top_p <= 1.0:
-        raise ValueError(f"model.top_p {config.top_p} is not in (0, 1]")
-    if isinstance(config.top_k, bool) or config.top_k < 0:
-        raise ValueError(f"model.top_k {config.top_k} must be a non-negative integer (0 disables it)")
-    if not config.temperature > 0:
-        raise ValueError(f"model.temperature {config.temperature} must be positive")
 
 
 class NextAccelEngine(PluginEngine):
@@ -89,6 +68,7 @@ class NextAccelEngine(PluginEngine):
     PRIVILEGED: ClassVar[bool] = False
 
     def __init__(self, cfg, model, device, forward_operator, backward_operator, mixed_precision=False, **models):
+        validate_model_config(cfg.model, NextAccelConfig)  # ranges; DIRECT's merge has checked the choices
         super().__init__(
             cfg,
             model,
@@ -107,19 +87,9 @@ class NextAccelEngine(PluginEngine):
                 f"model.privileged_context is {bool(config.privileged_context)}, which {type(self).__name__} does "
                 f"not train: use engine_name: {engine}"
             )
-        if len(config.token_grids) != acquisition.NUM_LEVELS:
-            raise ValueError(
-                f"model.token_grids {list(config.token_grids)} must name {acquisition.NUM_LEVELS} grids, one per level "
-                f"R{', R'.join(map(str, LEVELS))}, FS"
-            )
-        check_decoding_config(config)
-        if config.lr_schedule not in LR_SCHEDULES:
-            raise ValueError(f"model.lr_schedule {config.lr_schedule!r} is not one of {LR_SCHEDULES}")
         self.family = family_of(config.mask_family)
         self.center_fraction = config.mask_center_fraction
         mask_func_for_family(self.family, (LEVELS[0],), [self.center_fraction])  # refuses a bad centre fraction
-        if config.training_masks not in TRAINING_MASKS:
-            raise ValueError(f"model.training_masks {config.training_masks!r} is not one of {TRAINING_MASKS}")
         self._mask_generator = torch.Generator().manual_seed(torch.initial_seed() % 2**63)
         self._warned_size = False
 

@@ -91,9 +91,10 @@ def test_nonfinite_batch_stops_before_the_update(engine, make_batch):
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
-        ({"beam_k": 4}, r"^beam_k 4 is not one of \(1, 2, 3\)$"),
-        ({"decoding": "greedy"}, r"^decoding 'greedy' is not one of"),
-        ({"lr_blur_sigma": -1.0}, r"^lr_blur_sigma -1.0 must be >= 0"),
+        ({"beam_k": 4}, r"^model\.beam_k 4 is not one of \(1, 2, 3\)$"),
+        # a choice is refused by the merge itself (as DIRECT merges), naming the key and the allowed values
+        ({"decoding": "greedy"}, r"Invalid value 'greedy', expected one of \[argmax, multinomial, top_k_top_p, beam\]"),
+        ({"lr_blur_sigma": -1.0}, r"^model\.lr_blur_sigma -1.0 must be >= 0"),
     ],
 )
 def test_bad_engine_settings_name_the_value(make_engine, overrides, message):

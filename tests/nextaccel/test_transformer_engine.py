@@ -306,17 +306,18 @@ def test_data_consistency_option_changes_the_output(tokenizer_checkpoint, transf
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
-        ({"decoding": "greedy"}, "model.decoding 'greedy' is not one of"),
+        # choices: refused by the merge itself (engine_config merges as DIRECT does), naming the key and the values
+        ({"decoding": "greedy"}, r"'greedy', expected one of \[argmax, multinomial, top_k_top_p, beam\]\n.*decoding"),
         ({"decoding": "beam", "beam_k": 4}, "model.beam_k 4 is not one of"),
         ({"beam_k": 0}, "model.beam_k 0 is not one of"),
         ({"top_p": 0.0}, r"model.top_p 0.0 is not in \(0, 1\]"),
         ({"top_p": 1.5}, r"model.top_p 1.5 is not in \(0, 1\]"),
         ({"temperature": 0.0}, "model.temperature 0.0 must be positive"),
-        ({"mask_family": "spiral"}, "unknown mask family 'spiral'"),
-        ({"lr_schedule": "step"}, "model.lr_schedule 'step' is not one of"),
-        ({"training_masks": "random"}, "model.training_masks 'random' is not one of"),
+        ({"mask_family": "spiral"}, r"'spiral', expected one of \[cartesian_x, cartesian_y, gaussian2d, radial\]"),
+        ({"lr_schedule": "step"}, r"'step', expected one of \[linear, cosine, direct\]\n.*full_key: lr_schedule"),
+        ({"training_masks": "random"}, r"'random', expected one of \[file, fresh\]\n.*full_key: training_masks"),
         ({"privileged_context": True}, "use engine_name: TeacherEngine"),
-        ({"token_grids": [3, 4, 5, 6, 8]}, "must name 6 grids"),
+        ({"token_grids": [3, 4, 5, 6, 8]}, r"model\.token_grids \[3, 4, 5, 6, 8\] must name 6 grids"),
         ({"codebook_size": 32}, "codebook_size=64 .* the configuration has 32"),
         ({"token_grids": [3, 4, 5, 6, 7, 7]}, r"token_grids=\[3, 4, 5, 6, 7, 8\] .* the configuration has"),
         ({"tokenizer_quant_resi": 0.25}, "quant_resi=0.5 .* the configuration has 0.25"),
