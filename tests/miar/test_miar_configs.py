@@ -23,6 +23,7 @@ TINY = [
     f"direct_nextaccel/configs/tiny_{name}.yaml"
     for name in ("msvqvae", "miar", "miar_t1t2", "sr_varnet", "sr_recurrentvarnet", "sr_unet")
 ]
+SMALL_MSVQVAE = 1_030_226  # projects/miar_brain/configs/small/msvqvae.yaml: stride 4, 32 base channels, 1024 x 16 codes
 PROJECT = sorted(str(p.relative_to(REPO)) for p in (REPO / "projects" / "miar_brain" / "configs").rglob("*.yaml"))
 ENGINES = {
     "miar.msvqvae.MSVQVAE": "MSVQVAEEngine",
@@ -97,8 +98,13 @@ def test_miar_configs_build_their_model(path):
         model = model_class(**{k: tuple(v) if OmegaConf.is_list(v) else v for k, v in keys.items()})
     if "projects" in path:
         trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-        expected = {"msvqvae.yaml": 97_752_642, "miar.yaml": 114_377_312, "miar_t1t2.yaml": 114_378_752}
-        assert trainable == expected[pathlib.Path(path).name]  # T1 -> T2: 160 x 3 x 3 weights of the T1 channel
+        expected = {
+            "msvqvae.yaml": 97_752_642,
+            "miar.yaml": 114_377_312,
+            "miar_t1t2.yaml": 114_378_752,  # T1 -> T2: 160 x 3 x 3 weights of the T1 channel
+            "small/msvqvae.yaml": SMALL_MSVQVAE,
+        }
+        assert trainable == expected[str(pathlib.Path(path).relative_to("projects/miar_brain/configs"))]
 
 
 def test_miar_configs_repeat_their_tokenizer_shape():
