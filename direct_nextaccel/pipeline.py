@@ -15,13 +15,12 @@ import hashlib
 import json
 import logging
 import re
-import subprocess
-import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from direct_nextaccel import resources
+from direct_nextaccel.core.direct_runs import device_options, direct_command, failure_cause, run_logged
 
 logger = logging.getLogger(__name__)
 
@@ -278,40 +277,23 @@ def train_stage(
     run_dir.mkdir(parents=True, exist_ok=True)
     config_path = run_dir / "demo_config.yaml"
     OmegaConf.save(OmegaConf.create(config), config_path)
-    # DIRECT's console script run by this interpreter (not looked up next to it: a --user or system install puts
-    # scripts elsewhere); -P keeps the working directory off sys.path, so a checkout there cannot shadow the package.
-    command = [sys.executable, "-P", "-c", _DIRECT_MAIN, "train", str(runs), "--cfg", str(config_path)]
-    command += ["--name", stage.name, "--training-root", str(data["train"]), "--validation-root", str(data["val"])]
-    command += ["--device", device, "--num-gpus", "0" if device == "cpu" else "1", "--num-workers", "0"]
+    command = direct_command("train", runs, "--cfg", config_path, "--name", stage.name)
+    command += ["--training-root", str(data["train"]), "--validation-root", str(data["val"]), *device_options(device)]
     log_path = run_dir / "demo_train.log"
     iteration = re.compile(r"iter: (\d+)")
-    with log_path.open("w") as log, tqdm(total=iterations, desc=f"train {stage.name}", unit="it") as bar:
-        process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        for line in process.stdout:
-            log.write(line)
+    with tqdm(total=iterations, desc=f"train {stage.name}", unit="it") as bar:
+
+        def progress(line: str) -> None:
             match = iteration.search(line)
             if match and int(match.group(1)) + 1 > bar.n:
                 bar.update(int(match.group(1)) + 1 - bar.n)
-        process.wait()
-    if process.returncode != 0 or not checkpoint.exists():
-        cause = failure_cause(log_path) or f"exit status {process.returncode}, no {checkpoint.name}"
+
+        status = run_logged(command, log_path, progress)
+    if status != 0 or not checkpoint.exists():
+        cause = failure_cause(log_path) or f"exit status {status}, no {checkpoint.name}"
         raise StageError(f"direct train of {stage.name} failed: {cause} (log: {log_path})")
     marker.write_text(json.dumps({"digest": digest, "checkpoint": str(checkpoint)}))
     return checkpoint
-
-
-_DIRECT_MAIN = "import sys; from direct.cli.cli import main; sys.argv[0] = 'direct'; sys.exit(main())"
-_EXCEPTION = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception|Exit|Interrupt)(: .*)?$")
-
-
-def failure_cause(log: Path) -> str | None:
-    """The last exception line of a failed run's output, else its last line, shortened to one line."""
-    lines = [line.strip() for line in log.read_text(errors="replace").splitlines()] if log.is_file() else []
-    lines = [line for line in lines if line]
-    if not lines:
-        return None
-    text = " ".join(next((line for line in reversed(lines) if _EXCEPTION.match(line)), lines[-1]).split())
-    return text if len(text) <= 300 else text[:297] + "..."
 
 
 def write_variant(config_path: Path, variant: str, overrides: dict) -> Path:
