@@ -29,7 +29,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     ),
     "benchmark": ("direct_nextaccel.benchmark.quality", "score DIRECT runs/predictions per contrast and mask family"),
     "speed": (
-        "direct_nextaccel.benchmark.speed",
+        "direct_nextaccel.benchmark.speed.cli",
         "inference time per slice: NextAccel or MIAR (each decoding mode) next to DIRECT's baselines",
     ),
 }
