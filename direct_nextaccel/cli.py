@@ -27,7 +27,10 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
         "direct_nextaccel.data.raw_kspace",
         "convert the real raw multi-coil k-space in shared/data/kspace to the fastMRI layout",
     ),
-    "benchmark": ("direct_nextaccel.benchmark.quality", "score DIRECT runs/predictions per contrast and mask family"),
+    "benchmark": (
+        "direct_nextaccel.benchmark.quality.cli",
+        "score DIRECT runs/predictions per contrast and mask family",
+    ),
     "speed": (
         "direct_nextaccel.benchmark.speed.cli",
         "inference time per slice: NextAccel or MIAR (each decoding mode) next to DIRECT's baselines",

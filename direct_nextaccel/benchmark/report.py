@@ -1,6 +1,6 @@
 """Layout of benchmark results as the paper's tables: Markdown (one table per mask family), CSV and JSON.
 
-Nothing here computes a metric: :mod:`direct_nextaccel.benchmark.quality` fills :class:`FamilyTable` objects and
+Nothing here computes a metric: :mod:`direct_nextaccel.benchmark.quality.scoring` fills :class:`FamilyTable` objects and
 these functions only lay them out. A Markdown table has one row per method (the zero-filled reference first) and one
 column per metric and contrast, ``PSNR ↑ T1 | PSNR ↑ T2 | ... | SSIM ↑ T1 | ...`` (the two header rows of the paper's
 Tables 1-2 flattened into one), then, with a training folder, the memorisation diagnostic (mean correlation with the
@@ -15,11 +15,12 @@ This module imports nothing heavy, so the command-line parser can use :data:`MET
 
 import csv
 import io
-import json
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from direct_nextaccel.benchmark.results import SCHEMA_VERSION, json_value, write_json
 
 METRIC_LABELS: dict[str, tuple[str, bool]] = {
     "psnr": ("PSNR", True),
@@ -319,33 +320,37 @@ def _plain(value: float | str | None) -> str | float:
     return value
 
 
-def _json_value(value: object) -> object:
-    """Strict-JSON version of a result: non-finite floats become the strings ``"inf"``, ``"-inf"``, ``"nan"``."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return str(value)
-    if isinstance(value, Mapping):
-        return {str(key): _json_value(item) for key, item in value.items()}
-    if isinstance(value, list | tuple):
-        return [_json_value(item) for item in value]
-    return value
-
-
-def json_document(tables: Sequence[FamilyTable], settings: Mapping[str, object]) -> dict[str, object]:
-    """Everything the benchmark measured, as strict JSON (non-finite numbers as strings).
+def json_document(
+    tables: Sequence[FamilyTable],
+    settings: Mapping[str, object],
+    notes: Sequence[str] = (),
+    *,
+    started: str | None = None,
+    environment: Mapping[str, object] | None = None,
+) -> dict[str, object]:
+    """Everything the benchmark measured, as a :class:`~direct_nextaccel.benchmark.results.Result` in strict JSON
+    (non-finite numbers as strings).
 
     Parameters
     ----------
     tables : sequence of FamilyTable
         Results per family.
     settings : Mapping
-        How the benchmark was run (data folder, device, metrics, ...), stored under ``"settings"``.
+        How the benchmark was run (data folder, device, metrics, methods, ...), stored under ``"settings"``.
+    notes : sequence of str
+        The notes under the tables.
+    started, environment : optional
+        When the benchmark started and the machine (:func:`~direct_nextaccel.benchmark.results.environment`).
 
     Returns
     -------
     dict
-        ``{"settings": ..., "families": {family: {"acceleration", "contrasts", "metrics", "volume_counts", "memory",
-        "training", "target_memorisation", "rows": [{"method", "kind", "status", "error", "scores",
-        "memorisation", "flat_slices", "seconds_per_slice", "peak_memory_mib", "warnings", "volumes"}]}}}``.
+        ``{"benchmark", "schema", "started", "environment", "settings", "rows": [{"method", "label", "kind",
+        "status", "error", "seconds_per_slice", "peak_memory_mib", "family"}], "notes", "families": {family:
+        {"acceleration", "contrasts", "metrics", "volume_counts", "memory", "training", "target_memorisation",
+        "rows": [{"method", "kind", "status", "error", "scores", "memorisation", "flat_slices", "seconds_per_slice",
+        "peak_memory_mib", "warnings", "volumes"}]}}}``: the top-level ``rows`` are the rows of every family in the
+        schema both commands share, the family's ``rows`` the same rows with everything scored.
     """
     families = {}
     for table in tables:
@@ -361,7 +366,7 @@ def json_document(tables: Sequence[FamilyTable], settings: Mapping[str, object])
                 {
                     "method": row.name,
                     "kind": row.kind,
-                    "status": "failed" if row.error is not None else "ok",
+                    "status": _status(row),
                     "error": row.error,
                     "scores": row.scores,
                     "memorisation": row.memorisation,
@@ -374,13 +379,48 @@ def json_document(tables: Sequence[FamilyTable], settings: Mapping[str, object])
                 for row in table.rows
             ],
         }
-    return _json_value({"settings": dict(settings), "families": families})
+    rows: list[dict[str, object]] = [  # results.Row keys, and the family
+        {
+            "method": row.name,
+            "label": row.label,
+            "kind": row.kind,
+            "status": _status(row),
+            "error": row.error,
+            "seconds_per_slice": row.seconds_per_slice,
+            "peak_memory_mib": row.peak_memory_mib,
+            "family": table.family,
+        }
+        for table in tables
+        for row in table.rows
+    ]
+    document = {
+        "benchmark": "direct-nextaccel benchmark",
+        "schema": SCHEMA_VERSION,
+        "started": started,
+        "environment": dict(environment) if environment is not None else None,
+        "settings": dict(settings),
+        "rows": rows,
+        "notes": list(notes),
+        "families": families,
+    }
+    return json_value(document)
+
+
+def _status(row: MethodRow) -> str:
+    return "failed" if row.error is not None else "ok"
 
 
 def write_reports(
-    tables: Sequence[FamilyTable], output: Path, settings: Mapping[str, object], notes: Sequence[str] = ()
+    tables: Sequence[FamilyTable],
+    output: Path,
+    settings: Mapping[str, object],
+    notes: Sequence[str] = (),
+    *,
+    started: str | None = None,
+    environment: Mapping[str, object] | None = None,
 ) -> dict[str, Path]:
-    """Write ``benchmark.md``, ``benchmark.csv`` and ``benchmark.json`` into ``output`` (created if needed).
+    """Write ``benchmark.md``, ``benchmark.csv`` and ``benchmark.json`` (:func:`json_document`) into ``output``
+    (created if needed).
 
     Returns
     -------
@@ -391,6 +431,5 @@ def write_reports(
     paths = {"markdown": output / "benchmark.md", "csv": output / "benchmark.csv", "json": output / "benchmark.json"}
     paths["markdown"].write_text(markdown_report(tables, notes), encoding="utf-8")
     paths["csv"].write_text(csv_text(tables), encoding="utf-8")
-    document = json_document(tables, settings)
-    paths["json"].write_text(json.dumps(document, indent=2, allow_nan=False) + "\n", encoding="utf-8")
+    write_json(json_document(tables, settings, notes, started=started, environment=environment), paths["json"])
     return paths

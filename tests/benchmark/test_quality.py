@@ -26,6 +26,7 @@ from direct_nextaccel.benchmark.quality import (
     run_benchmark,
     run_direct_predict,
 )
+from direct_nextaccel.benchmark.results import SCHEMA_VERSION, Result, Row
 from direct_nextaccel.cli import main
 from direct_nextaccel.data.fastmri_h5 import rss_reconstruction, write_fastmri_h5
 from direct_nextaccel.data.simulate import simulate_volume
@@ -112,6 +113,16 @@ def test_predictions_mode_scores_per_contrast_with_reference_and_failures(data_r
     assert main(argv) == 1  # one method failed; the others are complete
 
     document = json.loads((output / "benchmark.json").read_text())
+    # The result schema both commands write: the common keys, then the per-family tables.
+    assert (document["benchmark"], document["schema"]) == ("direct-nextaccel benchmark", SCHEMA_VERSION)
+    assert set(Result.__annotations__) <= set(document) and document["environment"]["device_type"] == "cpu"
+    assert all(set(Row.__annotations__) <= set(row) for row in document["rows"])
+    assert [(row["method"], row["family"], row["status"]) for row in document["rows"]] == [
+        (ZERO_FILLED, "cartesian_y", "ok"),
+        ("perfect", "cartesian_y", "ok"),
+        ("noisy", "cartesian_y", "ok"),
+        ("missing", "cartesian_y", "failed"),
+    ]
     table = document["families"]["cartesian_y"]
     assert table["contrasts"] == ["T1", "T2"] and table["volume_counts"] == {"T1": 2, "T2": 1}
     rows = {row["method"]: row for row in table["rows"]}
@@ -328,13 +339,21 @@ def test_unsafe_method_names_are_refused_before_anything_is_deleted(data_root, t
 ACQUISITIONS_FILES = [f"file_brain_{acquisition}_{subject}.h5" for acquisition, subject in ACQUISITIONS.items()]
 
 
-def test_direct_predict_cleanup_removes_only_the_data_volumes_predictions(data_root, tmp_path, monkeypatch):
-    from direct_nextaccel.benchmark import quality
+class FailedChild:
+    """Stands in for ``subprocess.Popen`` of the ``direct predict`` child: it fails with a ValueError."""
 
+    returncode = 1
+
+    def __init__(self):
+        self.stdout = iter(["Traceback (most recent call last):\n", "ValueError: model_name 'x' is unknown\n", "\n"])
+
+    def wait(self):
+        return self.returncode
+
+
+def test_direct_predict_cleanup_removes_only_the_data_volumes_predictions(data_root, tmp_path, monkeypatch):
     calls = []
-    monkeypatch.setattr(
-        quality.subprocess, "run", lambda command, **_: calls.append(command) or type("Done", (), {"returncode": 1})
-    )
+    monkeypatch.setattr(subprocess, "Popen", lambda command, **_: calls.append(command) or FailedChild())
     folder = tmp_path / "predictions" / "m"
     folder.mkdir(parents=True)
     (folder / "unrelated.h5").write_bytes(b"keep me")
@@ -342,8 +361,10 @@ def test_direct_predict_cleanup_removes_only_the_data_volumes_predictions(data_r
     outside = tmp_path / "outside.h5"
     outside.write_bytes(b"keep me too")
     (folder / ACQUISITIONS_FILES[1]).symlink_to(outside)
-    with pytest.raises(RuntimeError, match="direct predict failed"):
+    with pytest.raises(RuntimeError, match="direct predict failed: ValueError: model_name 'x' is unknown \\(log: "):
         run_direct_predict(tmp_path / "c.yaml", tmp_path / "m.pt", data_root, folder, "cpu")
+    assert calls[0][:3] == [sys.executable, "-P", "-c"] and "predict_child" in calls[0][3]
+    assert calls[0][4:6] == [str(folder / "predict_stats.json"), str(folder)]
     assert (folder / "unrelated.h5").read_bytes() == b"keep me" and outside.read_bytes() == b"keep me too"
     assert not (folder / ACQUISITIONS_FILES[0]).exists() and not (folder / ACQUISITIONS_FILES[1]).is_symlink()
     assert len(calls) == 1
@@ -474,7 +495,7 @@ def fake_predict(behaviour: dict[str, Callable[[np.ndarray], np.ndarray]], seen:
 def test_run_directory_form_scores_against_a_reference_built_from_its_saved_config(data_root, tmp_path, monkeypatch):
     """``--run NAME=RUN_DIR`` reads the config.yaml direct train wrote (``mode: STATIC``), which the plugin's masks
     used to refuse when the reference was built ('mask mode 'STATIC' is not supported')."""
-    from direct_nextaccel.benchmark import quality
+    from direct_nextaccel.benchmark.quality import prediction
 
     run_dir = tmp_path / "runs" / "varnet"
     run_dir.mkdir(parents=True)
@@ -484,7 +505,7 @@ def test_run_directory_form_scores_against_a_reference_built_from_its_saved_conf
                    run_dir / "config.yaml")  # fmt: skip
     (run_dir / "model_4.pt").write_bytes(b"")
     seen = []
-    monkeypatch.setattr(quality, "run_direct_predict", fake_predict({"varnet": lambda v: v}, seen))
+    monkeypatch.setattr(prediction, "run_direct_predict", fake_predict({"varnet": lambda v: v}, seen))
     output = tmp_path / "out"
     assert main(["benchmark", "--run", f"varnet={run_dir}", "--data", str(data_root), "--output", str(output),
                  "--metrics", "psnr", "--no-figures"]) == 0  # fmt: skip
@@ -549,7 +570,7 @@ def test_bound_expands_a_tokenizer_into_its_rows(tmp_path):
 
 
 def test_bound_rows_run_the_derived_config_and_are_marked_not_ranked(data_root, tmp_path, monkeypatch):
-    from direct_nextaccel.benchmark import quality
+    from direct_nextaccel.benchmark.quality import prediction
 
     checkpoint = tmp_path / "model_3.pt"
     checkpoint.write_bytes(b"")
@@ -559,7 +580,7 @@ def test_bound_rows_run_the_derived_config_and_are_marked_not_ranked(data_root, 
         "aq-R32-tokens": lambda v: noisy({"v": v}, 0.2)["v"],
         "model": lambda v: noisy({"v": v}, 0.05)["v"],
     }
-    monkeypatch.setattr(quality, "run_direct_predict", fake_predict(behaviour, seen))
+    monkeypatch.setattr(prediction, "run_direct_predict", fake_predict(behaviour, seen))
     output = tmp_path / "out"
     varnet = tiny_config("tiny_varnet_radial.yaml")
     argv = ["benchmark", "--run", f"model={varnet}:{checkpoint}", "--bound", f"aq={tiny_config('tiny_aqvae.yaml')}:"
