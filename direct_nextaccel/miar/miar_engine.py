@@ -20,6 +20,7 @@ from typing import Any, ClassVar
 
 import torch
 
+from direct_nextaccel.core.checkpoints import CheckpointError, check_run_config, read_checkpoint, without_module_prefix
 from direct_nextaccel.core.engine import PluginEngine
 from direct_nextaccel.core.images import center_crop_or_pad, coil_combined
 from direct_nextaccel.core.intensity import IntensityError, check_convention
@@ -39,19 +40,16 @@ def load_tokenizer_state(path: str | Path) -> dict[str, torch.Tensor]:
 
     Raises
     ------
-    ValueError
-        If the file does not exist or holds no ``model`` state dict.
+    CheckpointError
+        A ValueError in one line naming the file: it does not exist (also a FileNotFoundError), is a run directory,
+        is truncated or not a DIRECT checkpoint (:func:`~direct_nextaccel.core.checkpoints.read_checkpoint`), or its
+        ``config.yaml`` names another model than the MSVQ-VAE.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise ValueError(f"tokenizer_checkpoint {str(path)!r} is not a file (a model_<N>.pt of an MSVQ-VAE run)")
-    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    state = checkpoint.get("model") if isinstance(checkpoint, dict) else None
-    if not isinstance(state, dict):
-        raise ValueError(f"tokenizer_checkpoint {str(path)!r} has no 'model' state dict (not a DIRECT checkpoint)")
-    # A run under DistributedDataParallel saves the wrapped model's keys.
-    state = {key.removeprefix("module."): value for key, value in state.items()}
-    check_convention(state, f"tokenizer_checkpoint {str(path)!r}")
+    what = "model.tokenizer_checkpoint"
+    checkpoint = read_checkpoint(path, what)
+    check_run_config(path, {"model_name": "miar.msvqvae.MSVQVAE"}, f"{what} {str(path)!r}")
+    state = without_module_prefix(checkpoint["model"])  # a run under DistributedDataParallel saves module.* keys
+    check_convention(state, f"{what} {str(path)!r}")
     return state
 
 
@@ -102,7 +100,11 @@ class MIAREngine(PluginEngine):
             raise ValueError(
                 "model.tokenizer_checkpoint is not set: train the MSVQ-VAE first and point it to its model_<N>.pt"
             )
-        self.miar.load_tokenizer(load_tokenizer_state(path))
+        state = load_tokenizer_state(path)
+        try:
+            self.miar.load_tokenizer(state)
+        except ValueError as error:  # the state dict does not fit: name the file
+            raise CheckpointError(f"model.tokenizer_checkpoint {str(path)!r}: {error}") from None
         logger.info("Loaded the MSVQ-VAE tokenizer from %s and initialised the LR encoder from its encoder.", path)
 
     def train(self, optimizer, lr_scheduler, training_datasets, experiment_directory, *args, **kwargs):

@@ -30,7 +30,7 @@ from direct_nextaccel.masks.nested import LEVELS
 from direct_nextaccel.modules.options import validate_model_config
 from direct_nextaccel.nextaccel.config import NextAccelConfig
 from direct_nextaccel.nextaccel.nextaccel import NextAccel
-from direct_nextaccel.nextaccel.tokenizer_loading import load_teacher
+from direct_nextaccel.nextaccel.tokenizer_loading import check_student_start, load_teacher
 from direct_nextaccel.nextaccel.transformer_engine import NextAccelEngine
 
 PREFIX_NOISE = ("uniform", "self", "mixed")
@@ -195,6 +195,8 @@ class DistillationEngine(NextAccelEngine):
                 "DistillationEngine post-trains a base NextAccel: set training.model_checkpoint (or "
                 "--initialization-checkpoint) to the base model's checkpoint"
             )
+        if kwargs.get("initialization"):
+            check_student_start(kwargs["initialization"], self.cfg.model)
         return super().train(optimizer, lr_scheduler, training_datasets, experiment_directory, *args, **kwargs)
 
     def rollout(self, q32: Tensor, image32: Tensor, family: Tensor) -> list[Tensor]:

@@ -14,13 +14,19 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
 import torch
-from omegaconf import OmegaConf
 from torch import nn
 
+from direct_nextaccel.core.checkpoints import (
+    CheckpointError,
+    check_run_config,
+    checkpoint_file,
+    plain_value,
+    read_checkpoint,
+    saved_model_value,
+)
 from direct_nextaccel.core.intensity import check_convention
 from direct_nextaccel.nextaccel.aqvae import AQVAE
 
@@ -46,51 +52,28 @@ def load_checkpoint(path: str | os.PathLike | None, config_key: str) -> dict[str
 
     Raises
     ------
-    ValueError
-        If the path is unset or the file has no ``"model"`` entry.
-    FileNotFoundError
-        If the file does not exist.
+    CheckpointError
+        A ValueError in one line naming the file: unset, a run directory, truncated, not a DIRECT checkpoint
+        (:func:`direct_nextaccel.core.checkpoints.read_checkpoint`); a FileNotFoundError as well when it does not exist.
     """
-    if not path:
-        raise ValueError(f"model.{config_key} is not set: give the path of a DIRECT checkpoint model_N.pt")
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"model.{config_key} {str(path)!r} does not exist")
-    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    if not isinstance(checkpoint, Mapping) or "model" not in checkpoint:
-        raise ValueError(f"model.{config_key} {str(path)!r} is not a DIRECT checkpoint: it has no 'model' entry")
-    return dict(checkpoint)
+    return read_checkpoint(path, f"model.{config_key}")
 
 
-def check_run_config(path: str | os.PathLike, expected: Mapping[str, Any], what: str) -> None:
-    """Compare ``model.<key>`` of the ``config.yaml`` next to a checkpoint with ``expected``; skip if absent.
+def check_kind(module: nn.Module, state_dict: Mapping[str, torch.Tensor], what: str) -> None:
+    """Refuse a state dict that lacks most of ``module``'s weights: a checkpoint of another kind of model.
 
     Raises
     ------
-    ValueError
-        Naming the first key whose value differs.
+    CheckpointError
+        Naming the checkpoint, the network it should have been and one weight it lacks.
     """
-    run_config = Path(path).parent / "config.yaml"
-    if not run_config.is_file():
-        logger.info("No config.yaml next to %s: only its state dict is checked against the configuration.", path)
-        return
-    saved = OmegaConf.load(run_config).get("model", {})
-    for key, value in expected.items():
-        if key not in saved:
-            continue
-        saved_value, value = _plain(_container(saved[key])), _plain(_container(value))
-        if saved_value != value:
-            raise ValueError(
-                f"{what} was trained with {key}={saved_value!r} ({run_config}), the configuration has {value!r}"
-            )
-
-
-def _plain(value: Any) -> Any:
-    if isinstance(value, list | tuple):
-        return [_plain(item) for item in value]
-    if isinstance(value, float) and value.is_integer():
-        return int(value)
-    return value
+    own = module.state_dict()
+    missing = [key for key in own if key not in state_dict]
+    if len(missing) * 2 > len(own):
+        raise CheckpointError(
+            f"{what} is not a checkpoint of {type(module).__name__}: it lacks {len(missing)} of the {len(own)} weights "
+            f"the configured network has, e.g. {missing[0]!r} (a checkpoint of another kind of model)"
+        )
 
 
 def load_frozen(module: nn.Module, state_dict: Mapping[str, torch.Tensor], what: str) -> nn.Module:
@@ -99,8 +82,10 @@ def load_frozen(module: nn.Module, state_dict: Mapping[str, torch.Tensor], what:
     Raises
     ------
     ValueError
-        Naming the first missing, unexpected or differently shaped key; nothing is loaded then.
+        Naming the first missing, unexpected or differently shaped key (or, when most are missing, the checkpoint as
+        one of another kind of model, :func:`check_kind`); nothing is loaded then.
     """
+    check_kind(module, state_dict, what)
     own = module.state_dict()
     for key, tensor in own.items():
         if key not in state_dict:
@@ -120,7 +105,7 @@ def load_frozen(module: nn.Module, state_dict: Mapping[str, torch.Tensor], what:
 
 def tokenizer_arguments(model_config: Mapping[str, Any]) -> dict[str, Any]:
     """AQ-VAE constructor arguments from a NextAccel ``model`` configuration."""
-    arguments = {key: _plain(_container(model_config[key])) for key in TOKENIZER_KEYS}
+    arguments = {key: plain_value(model_config[key]) for key in TOKENIZER_KEYS}
     arguments = {key: tuple(value) if isinstance(value, list) else value for key, value in arguments.items()}
     arguments["quant_resi"] = model_config["tokenizer_quant_resi"]
     return arguments
@@ -155,6 +140,7 @@ def load_tokenizer(
     if families is not None and model_config["mask_family"] not in families:
         raise ValueError(f"{what} was trained on mask families {families}, not on {model_config['mask_family']!r}")
     tokenizer = _tokenizer_network(arguments, model_config)
+    check_kind(tokenizer, checkpoint["model"], what)
     check_convention(checkpoint["model"], what)
     load_frozen(tokenizer, checkpoint["model"], what)
     return tokenizer.to(device)
@@ -217,7 +203,7 @@ def load_teacher(
             "which also sees the fully sampled image (train it with engine_name: TeacherEngine)"
         )
     for key in TEACHER_ARCHITECTURE_KEYS:
-        ours, theirs = _plain(_container(student_config[key])), _plain(_container(teacher_config[key]))
+        ours, theirs = plain_value(student_config[key]), plain_value(teacher_config[key])
         if ours != theirs:
             raise ValueError(f"additional_models.teacher has {key}={theirs!r}, the student model has {ours!r}")
     checkpoint = load_checkpoint(path, "teacher_checkpoint")
@@ -232,13 +218,30 @@ def load_teacher(
     return teacher
 
 
-def saved_model_value(path: str | os.PathLike, key: str) -> Any:
-    """``model.<key>`` of the ``config.yaml`` next to a checkpoint, or None when there is none."""
-    run_config = Path(path).parent / "config.yaml"
-    if not run_config.is_file():
-        return None
-    return _plain(_container(OmegaConf.load(run_config).get("model", {}).get(key)))
+STUDENT_START_KEYS = ("mask_family", "mask_center_fraction", "tokenizer_quant_resi", *TEACHER_ARCHITECTURE_KEYS)
+"""Values of the base model's training run (its ``config.yaml``) that a distillation started from it must share."""
 
 
-def _container(value: Any) -> Any:
-    return OmegaConf.to_object(value) if OmegaConf.is_config(value) else value
+def check_student_start(path: str | os.PathLike, student_config: Mapping[str, Any]) -> None:
+    """Check distillation's start checkpoint (``training.model_checkpoint``) before DIRECT loads it.
+
+    It must be a file (not a run directory) and, where its ``config.yaml`` is present, a base NextAccel (not the
+    privileged teacher, not another model) trained on the student's mask family and tokenizer shape. DIRECT's load
+    (:class:`~direct_nextaccel.core.checkpoints.PluginCheckpointer`) then refuses a file that is truncated, not a DIRECT
+    checkpoint or of another architecture, in one line naming it.
+
+    Raises
+    ------
+    CheckpointError
+        Naming the file and what is wrong with it.
+    """
+    what = "distillation's start checkpoint (training.model_checkpoint)"
+    if "://" in str(path):  # DIRECT downloads a URL itself
+        return
+    path = checkpoint_file(path, what)
+    expected = {key: student_config[key] for key in STUDENT_START_KEYS if key in student_config}
+    check_run_config(
+        path,
+        {"model_name": "nextaccel.nextaccel.NextAccel", "privileged_context": False, **expected},
+        f"{what} {str(path)!r}",
+    )
