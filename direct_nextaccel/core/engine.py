@@ -7,6 +7,9 @@ batch), autocast with the one mixed-precision policy, DIRECT's sensitivity maps,
 the intensity-normalised images when the engine reports its normalisation), backward and the engine's
 :meth:`~PluginEngine.after_backward` (EMA steps, a discriminator step, logging).
 
+Checkpoints, ``--resume`` and interrupts: :class:`~direct_nextaccel.core.resume.ResumableEngine` (a resumed run
+continues exactly as the uninterrupted one), checkpoint files through :mod:`direct_nextaccel.core.checkpoints`.
+
 Mixed precision (``--mixed-precision``): bfloat16 autocast on the engine's own device type (so CPU runs exercise the
 same path), no GradScaler (bfloat16 has float32's exponent range), TF32 for the float32 matrix products on a GPU as
 the paper trains; quantizer distances and the losses stay in float32.
@@ -25,6 +28,7 @@ from torch import nn
 from torch.amp import GradScaler, autocast
 
 from direct_nextaccel.core.errors import NonFiniteError
+from direct_nextaccel.core.resume import ResumableEngine
 
 __all__ = ["INTENSITY_KEY", "PluginEngine", "TokenizerEngine", "check_finite"]
 
@@ -66,7 +70,7 @@ def check_finite(tensors: Mapping[str, torch.Tensor], data: Mapping[str, Any], t
         raise NonFiniteError(f"non-finite {name} in {where}: {consequence}")
 
 
-class PluginEngine(MRIModelEngine):
+class PluginEngine(ResumableEngine, MRIModelEngine):
     """Base of every plugin engine: one ``_do_iteration``; subclasses implement :meth:`iteration_outputs`.
 
     Class attributes

@@ -9,6 +9,7 @@ is the reconstruction decoded from the tokens of all six levels, so ``direct pre
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
@@ -24,6 +25,23 @@ from direct_nextaccel.nextaccel.config import AQVAEConfig
 from direct_nextaccel.schedules import warmup_schedule
 
 logger = logging.getLogger(__name__)
+
+
+def _recorded_best_ssim(path: Path) -> float | None:
+    """The validation SSIM a ``model_best.pt`` records, or None (an older file, or one that cannot be read)."""
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as error:  # a damaged model_best.pt must not stop a resume: it is replaced at the next best
+        logger.warning("%s cannot be read (%s): the next validation replaces it.", path, str(error).splitlines()[0])
+        return None
+    value = checkpoint.get("training_state", {}).get("best_ssim") if isinstance(checkpoint, dict) else None
+    if value is None:
+        logger.warning(
+            "%s records no validation SSIM (an older version wrote it): the next validation replaces it.", path
+        )
+        return None
+    return float(value)
+
 
 LEVEL_NAMES = (*(f"R{r}" for r in LEVELS), "FS")
 
@@ -101,7 +119,12 @@ class AQVAEEngine(TokenizerEngine):
 
     def validate_model_at_interval(self, func, iter_idx, total_iter):
         """DIRECT's validation, then ``model_best.pt`` whenever the mean validation SSIM improves (paper: the
-        tokenizer is selected by validation SSIM; DIRECT itself keeps no best checkpoint)."""
+        tokenizer is selected by validation SSIM; DIRECT itself keeps no best checkpoint).
+
+        ``model_best.pt`` is written atomically and never moves ``last_model.txt`` (``--resume`` loads the last
+        ``model_<N>.pt``); it records its score, and a resumed run starts from the best score of its checkpoint or of
+        ``model_best.pt``, whichever is higher, so it never replaces ``model_best.pt`` with a worse model.
+        """
         super().validate_model_at_interval(func, iter_idx, total_iter)
         from direct.utils import communication
         from direct.utils.events import get_event_storage
@@ -111,21 +134,38 @@ class AQVAEEngine(TokenizerEngine):
             for name, value in get_event_storage().latest().items()
             if name.startswith("val/") and name.endswith("fastmri_ssim_metric")
         ]
-        if not scores or not communication.is_main_process():
+        if not scores:
             return
         score = float(sum(scores) / len(scores))
         if score <= self._best_ssim:
             return
-        self._best_ssim = score
-        checkpointer = self._require_checkpointer()
-        pointer = checkpointer.save_directory / "last_model.txt"
-        previous = pointer.read_text() if pointer.exists() else None
-        checkpointer.save("best")  # writes model_best.pt, and would point --resume at it:
-        if previous is None:
-            pointer.unlink()
-        else:
-            pointer.write_text(previous)
-        logger.info("Validation SSIM %.4f at iteration %d is the best so far: saved model_best.pt.", score, iter_idx)
+        self._best_ssim = score  # on every rank, so that any rank's checkpoint holds it
+        if communication.is_main_process():
+            self._require_checkpointer().save("best")
+            logger.info(
+                "Validation SSIM %.4f at iteration %d is the best so far: saved model_best.pt.", score, iter_idx
+            )
+
+    # Resume ---------------------------------------------------------------------------------------------------------
+
+    def resume_checkpointables(self) -> dict[str, Any]:
+        """The discriminator's optimizer (its learning rate is constant: it has no schedule of its own)."""
+        if self.discriminator_optimizer is None:
+            return {}
+        return {"discriminator_optimizer": self.discriminator_optimizer}
+
+    def training_state(self) -> dict[str, Any]:
+        return {**super().training_state(), "best_ssim": self._best_ssim}
+
+    def restore_training_state(self, state: dict[str, Any] | None, path) -> None:
+        """Also the best validation SSIM: the higher of the checkpoint's and the one ``model_best.pt`` records."""
+        super().restore_training_state(state, path)
+        best = float((state or {}).get("best_ssim", float("-inf")))
+        best_file = Path(path).parent / "model_best.pt"
+        recorded = _recorded_best_ssim(best_file) if best_file.is_file() else None
+        if recorded is not None:
+            best = max(best, recorded)
+        self._best_ssim = best
 
     def _build_discriminator(self) -> None:
         from direct_nextaccel.modules.discriminator import ProjectedDiscriminator, build_discriminator_optimizer
