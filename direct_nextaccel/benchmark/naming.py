@@ -21,7 +21,6 @@ _SAFE_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.+-]{0,99}$")
 NAME_RULE = "1-100 of letters, digits, '_', '.', '+', '-', not starting with '.', '+' or '-'"
 """What a model name may be: it is a folder name (``predictions/<NAME>/``, ``configs/<NAME>.yaml``)."""
 _CONFIG_AND_CHECKPOINT = re.compile(r"^(?P<config>.+\.ya?ml):(?P<checkpoint>.+)$")
-_CHECKPOINT = re.compile(r"^model_(\d+)\.pt$")
 
 
 @dataclass(frozen=True)
@@ -65,13 +64,17 @@ def resolve_run(value: str) -> tuple[Path, Path]:
     """Config and checkpoint of a ``CONFIG.yaml:CHECKPOINT`` or ``RUN_DIR`` value.
 
     ``CONFIG.yaml:CHECKPOINT`` takes CHECKPOINT as a file or as a run directory; a lone run directory (``direct
-    train``'s output folder) gives its ``config.yaml``. A run directory gives its latest ``model_<iteration>.pt``.
+    train``'s output folder) gives its ``config.yaml``. A run directory gives its latest checkpoint, as ``direct train
+    --resume`` would (:func:`direct_nextaccel.core.checkpoints.latest_checkpoint`: the ``model_<iteration>.pt`` that
+    ``last_model.txt`` names, else the highest iteration).
 
     Raises
     ------
     ValueError
         One line naming the missing config or checkpoint.
     """
+    from direct_nextaccel.core.checkpoints import latest_checkpoint  # imports torch: not at parser-building time
+
     match = _CONFIG_AND_CHECKPOINT.match(value)
     config, checkpoint = (
         (Path(match["config"]), Path(match["checkpoint"])) if match else (Path(value) / "config.yaml", Path(value))
@@ -79,10 +82,9 @@ def resolve_run(value: str) -> tuple[Path, Path]:
     if not checkpoint.exists():
         raise ValueError(f"checkpoint {checkpoint} does not exist")
     if checkpoint.is_dir():
-        found = [(int(m[1]), path) for path in checkpoint.iterdir() if (m := _CHECKPOINT.match(path.name))]
-        if not found:
-            raise ValueError(f"run directory {checkpoint} has no checkpoint (model_<iteration>.pt)")
-        checkpoint = max(found)[1]
+        run_dir, checkpoint = checkpoint, latest_checkpoint(checkpoint)
+        if checkpoint is None:
+            raise ValueError(f"run directory {run_dir} has no checkpoint (model_<iteration>.pt)")
     if not config.is_file():
         raise ValueError(f"config {config} does not exist")
     return config, checkpoint

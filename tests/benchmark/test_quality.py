@@ -195,6 +195,8 @@ def test_resolve_run_picks_the_latest_checkpoint(tmp_path):
         (tmp_path / f"model_{iteration}.pt").write_bytes(b"")
     (tmp_path / "config.yaml").write_text("model: {}\n")
     assert resolve_run(str(tmp_path)) == (tmp_path / "config.yaml", tmp_path / "model_10.pt")
+    (tmp_path / "last_model.txt").write_text("9")  # DIRECT's pointer to the checkpoint it saved last
+    assert resolve_run(str(tmp_path)) == (tmp_path / "config.yaml", tmp_path / "model_9.pt")
     other = tmp_path / "other.yml"
     other.write_text("model: {}\n")
     assert resolve_run(f"{other}:{tmp_path / 'model_2.pt'}") == (other, tmp_path / "model_2.pt")

@@ -133,7 +133,7 @@ def test_cli_reports_a_bad_option_in_one_line(capsys):
     assert "repeats 0" in capsys.readouterr().err
 
 
-def test_checkpoints_are_loaded_in_direct_and_bare_formats(tmp_path):
+def test_direct_checkpoints_are_loaded_and_other_files_refused_naming_them(tmp_path):
     config = speed.resolve_config(TINY.configs["varnet"])
     engine = speed.build_engine(config)
     model_state = {k: torch.full_like(v, 0.5) for k, v in engine.model.state_dict().items()}
@@ -145,9 +145,12 @@ def test_checkpoints_are_loaded_in_direct_and_bare_formats(tmp_path):
     loaded = speed.build_engine(config, tmp_path / "direct.pt")
     assert all(torch.equal(v, model_state[k]) for k, v in loaded.model.state_dict().items())
     assert all(torch.equal(v, sensitivity_state[k]) for k, v in loaded.models["sensitivity_model"].state_dict().items())
-    bare = speed.build_engine(config, tmp_path / "bare.pt")
-    assert all(torch.equal(v, model_state[k]) for k, v in bare.model.state_dict().items())
-
+    # The plugin's one checkpoint reader: what DIRECT cannot load either is one line naming the file.
+    with pytest.raises(ValueError, match=r"bare\.pt' is not a DIRECT checkpoint: it has no 'model' state dict"):
+        speed.build_engine(config, tmp_path / "bare.pt")
+    (tmp_path / "truncated.pt").write_bytes((tmp_path / "direct.pt").read_bytes()[:100])
+    with pytest.raises(ValueError, match=r"truncated\.pt' cannot be read"):
+        speed.build_engine(config, tmp_path / "truncated.pt")
     torch.save({"model": {"layers_list.0.learning_rate": torch.ones(3)}}, tmp_path / "wrong.pt")
     with pytest.raises(ValueError, match=r"wrong\.pt"):
         speed.build_engine(config, tmp_path / "wrong.pt")

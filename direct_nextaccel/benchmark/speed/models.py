@@ -37,23 +37,16 @@ def config_file(config_path: Path) -> Path:
 
 
 def load_checkpoint(path: str | os.PathLike, modules: Mapping[str, nn.Module]) -> list[str]:
-    """Load a DIRECT checkpoint (``{"model": ..., "sensitivity_model": ...}``) or a bare state dict of ``model``.
+    """Load a DIRECT checkpoint (``{"model": ..., "sensitivity_model": ...}``) into ``modules`` by name.
 
-    Loads with ``weights_only=True``, as ``direct predict`` does. Returns the names of ``modules`` the checkpoint had
-    weights for (``model`` always; the others when present). A state dict that does not fit raises ``ValueError``.
+    The file is read by the plugin's one checkpoint reader, :func:`direct_nextaccel.core.checkpoints.read_checkpoint`
+    (``weights_only``, as ``direct predict`` loads; a missing, truncated or foreign file, or one without a ``model``
+    state dict, is a one-line ``ValueError`` naming it). Returns the names of ``modules`` the checkpoint had weights
+    for (``model`` always; the others when present). A state dict that does not fit raises ``ValueError``.
     """
-    import pickle
+    from direct_nextaccel.core.checkpoints import read_checkpoint
 
-    import torch
-
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError) as err:
-        raise ValueError(f"checkpoint {path} cannot be loaded: {str(err).splitlines()[0]}") from err
-    if not isinstance(state, Mapping):
-        raise ValueError(f"checkpoint {path} holds a {type(state).__name__}, not a state dict")
-    if "model" not in state or not isinstance(state["model"], Mapping):
-        state = {"model": state}
+    state = read_checkpoint(path, "checkpoint")
     loaded = []
     for name, module in modules.items():
         if name in state:
