@@ -352,7 +352,7 @@ class PluginCheckpointer(Checkpointer):
                 return {}
         self.role = "checkpoint to resume from" if self._training else "checkpoint"
         checkpoint = super().load(iteration, checkpointable_objects)
-        if checkpoint and self.engine is not None:
+        if checkpoint and self.engine is not None and self._training:  # direct predict has no use for it
             path = Path(self.save_directory) / f"model_{iteration}.pt"
             self.engine.restore_training_state(checkpoint.pop(TRAINING_STATE_KEY, None), path)
         return checkpoint

@@ -15,6 +15,7 @@ from typing import Any, ClassVar
 import torch
 
 from direct_nextaccel import _hook
+from direct_nextaccel.core.checkpoints import CheckpointError, read_checkpoint
 from direct_nextaccel.core.engine import INTENSITY_KEY, TokenizerEngine
 from direct_nextaccel.core.images import center_crop_or_pad
 from direct_nextaccel.core.intensity import reference_scale
@@ -30,11 +31,11 @@ logger = logging.getLogger(__name__)
 def _recorded_best_ssim(path: Path) -> float | None:
     """The validation SSIM a ``model_best.pt`` records, or None (an older file, or one that cannot be read)."""
     try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except Exception as error:  # a damaged model_best.pt must not stop a resume: it is replaced at the next best
-        logger.warning("%s cannot be read (%s): the next validation replaces it.", path, str(error).splitlines()[0])
+        checkpoint = read_checkpoint(path, "model_best.pt")
+    except CheckpointError as error:  # a damaged model_best.pt must not stop a resume: the next best replaces it
+        logger.warning("%s: the next validation replaces it.", error)
         return None
-    value = checkpoint.get("training_state", {}).get("best_ssim") if isinstance(checkpoint, dict) else None
+    value = checkpoint.get("training_state", {}).get("best_ssim")
     if value is None:
         logger.warning(
             "%s records no validation SSIM (an older version wrote it): the next validation replaces it.", path

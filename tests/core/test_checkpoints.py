@@ -236,6 +236,7 @@ def test_resumed_best_score_never_lets_a_worse_model_replace_model_best(tmp_path
     assert best["training_state"]["best_ssim"] == 0.9 and (tmp_path / "last_model.txt").read_text() == "6"
 
     resumed = aqvae_engine()  # a new process: --resume from model_6.pt, whose own best score is still -inf
+    resumed._in_training = True  # as inside DIRECT's train()
     attach_checkpointer(resumed, tmp_path).load("latest")
     assert resumed._best_ssim == 0.9
     validate(resumed, 0.8, 9)
