@@ -18,8 +18,7 @@ from direct_nextaccel import _hook
 from direct_nextaccel.core.checkpoints import CheckpointError, read_checkpoint
 from direct_nextaccel.core.engine import INTENSITY_KEY, TokenizerEngine
 from direct_nextaccel.core.images import center_crop_or_pad
-from direct_nextaccel.core.intensity import reference_scale
-from direct_nextaccel.masks.nested import LEVELS, shared_calibration_mask
+from direct_nextaccel.masks.nested import LEVELS
 from direct_nextaccel.modules.options import validate_model_config
 from direct_nextaccel.nextaccel import acquisition
 from direct_nextaccel.nextaccel.config import AQVAEConfig
@@ -244,10 +243,14 @@ class AQVAEEngine(TokenizerEngine):
 
     def intensity_factor(self, data: dict[str, Any]) -> torch.Tensor:
         """``intensity_gain / s`` per slice (B,), ``s`` from the calibration centre every family shares."""
-        kspace = data["kspace"]
-        region = torch.from_numpy(shared_calibration_mask(tuple(kspace.shape[2:4]), self.center_fraction))
-        scale = reference_scale(kspace, region, self.backward_operator, data.get("filename"), data.get("slice_no"))
-        return self.tokenizer.intensity_gain / scale
+        return acquisition.intensity_factor(
+            data["kspace"],
+            self.center_fraction,
+            self.tokenizer.intensity_gain,
+            self.backward_operator,
+            data.get("filename"),
+            data.get("slice_no"),
+        )
 
     @staticmethod
     def _discriminator_inputs(fully_sampled: torch.Tensor, reconstruction: torch.Tensor):

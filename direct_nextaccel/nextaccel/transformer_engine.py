@@ -32,8 +32,7 @@ from torch import Tensor, nn
 from direct_nextaccel import _hook
 from direct_nextaccel.core.engine import PluginEngine
 from direct_nextaccel.core.images import center_crop_or_pad, sense_adjoint
-from direct_nextaccel.core.intensity import reference_scale
-from direct_nextaccel.masks.nested import LEVELS, MASK_NAMES, family_of, mask_func_for_family, shared_calibration_mask
+from direct_nextaccel.masks.nested import LEVELS, MASK_NAMES, family_of, mask_func_for_family
 from direct_nextaccel.modules.options import validate_model_config
 from direct_nextaccel.nextaccel import acquisition
 from direct_nextaccel.nextaccel.aqvae_engine import LEVEL_NAMES
@@ -222,12 +221,16 @@ class NextAccelEngine(PluginEngine):
         return self._working_size(images), acquisition.family_labels(families, kspace.device)
 
     def intensity_factor(self, kspace: Tensor, data: dict[str, Any]) -> Tensor:
-        """``intensity_gain / s`` per slice (B,), ``s`` from the calibration centre every family shares
-        (:mod:`direct_nextaccel.core.intensity`): the fully sampled and the R32 k-space give the same value."""
-        region = torch.from_numpy(shared_calibration_mask(tuple(kspace.shape[2:4]), self.center_fraction))
-        scale = reference_scale(kspace, region, self.backward_operator, data.get("filename"), data.get("slice_no"))
-        return self.tokenizer.intensity_gain / scale
-
+        """``intensity_gain / s`` per slice (B,) (:func:`acquisition.intensity_factor`): the fully sampled and the R32
+        k-space give the same value."""
+        return acquisition.intensity_factor(
+            kspace,
+            self.center_fraction,
+            self.tokenizer.intensity_gain,
+            self.backward_operator,
+            data.get("filename"),
+            data.get("slice_no"),
+        )
     def _working_size(self, images: Tensor) -> Tensor:
         """Centre-crop/zero-pad (..., H, W) to the model's image size, saying so once when the sizes differ."""
         if tuple(images.shape[-2:]) != self.tokenizer.image_size and not self._warned_size:
