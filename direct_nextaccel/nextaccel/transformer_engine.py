@@ -231,6 +231,7 @@ class NextAccelEngine(PluginEngine):
             data.get("filename"),
             data.get("slice_no"),
         )
+
     def _working_size(self, images: Tensor) -> Tensor:
         """Centre-crop/zero-pad (..., H, W) to the model's image size, saying so once when the sizes differ."""
         if tuple(images.shape[-2:]) != self.tokenizer.image_size and not self._warned_size:
@@ -251,8 +252,9 @@ class NextAccelEngine(PluginEngine):
         for index in range(given.shape[0]):
             if not torch.equal(expected[index], given[index]):
                 raise ValueError(
-                    f"DIRECT's sampling mask of {data['filename'][index]} is not level R{LEVELS[0]} of the engine's "
-                    f"nested {self.family} mask (seeded by the file name, centre fraction {self.center_fraction}): "
+                    f"DIRECT's sampling mask of {data['filename'][index]} is not level R{LEVELS[0]} of the nested "
+                    f"{self.family} mask this model was trained on (seeded by the file name, centre fraction "
+                    f"{self.center_fraction}): "
                     f"set the dataset masking to name: {MASK_NAMES[self.family]}, accelerations: [{LEVELS[0]}], "
                     f"center_fractions: [{self.center_fraction}] and use_seed: true, matching model.mask_family and "
                     "model.mask_center_fraction"
@@ -308,6 +310,13 @@ class NextAccelEngine(PluginEngine):
         masked_kspace, sampling_mask = data["masked_kspace"], data["sampling_mask"]
         self._check_acceleration(sampling_mask, data)
         height, width = masked_kspace.shape[2:4]
+        # The input must be level R32 of the family this model was trained on, as in training: a checkpoint of one
+        # family would otherwise reconstruct another family's acquisition silently (and badly).
+        filenames = [str(name) for name in data["filename"]]
+        expected = acquisition.level_masks(
+            filenames, [self.family] * len(filenames), (height, width), self.center_fraction
+        )
+        self._check_sampling_mask(expected[:, 0].to(sampling_mask.device), data)
         factor = self.intensity_factor(masked_kspace, data)  # B
         image32 = sense_adjoint(
             masked_kspace, data["sensitivity_map"], sampling_mask[:, 0, :, :, 0], self.backward_operator

@@ -358,11 +358,14 @@ def test_foreign_training_losses_are_refused(tokenizer_checkpoint, tmp_path):
         build(config).train(None, None, [], tmp_path)
 
 
-def test_dataset_mask_of_another_family_is_refused_in_training(trained_engine):
+def test_dataset_mask_of_another_family_is_refused_in_training_and_prediction(trained_engine):
     batch = make_batch(family="radial")
     batch["sensitivity_map"] = trained_engine.compute_sensitivity_map(batch["sensitivity_map"])
-    with pytest.raises(ValueError, match=f"sampling mask of {FILENAME} is not level R32 .* name: NestedCartesianY"):
+    message = f"sampling mask of {FILENAME} is not level R32 of the nested cartesian_y mask .* name: NestedCartesianY"
+    with pytest.raises(ValueError, match=message):
         trained_engine.training_outputs(batch)
+    with pytest.raises(ValueError, match=message), torch.no_grad():  # `direct predict` of a radial acquisition
+        trained_engine.reconstruct(batch)
 
 
 def test_fresh_training_masks_draw_new_acquisitions(tokenizer_checkpoint):
