@@ -96,7 +96,8 @@ class MIARConfig(DecodingOptions, LRScheduleOptions, MSVQVAEShape, ModelConfig):
     # the batch's reference_image (dataset FastMRIReference), through extra input channels that start at zero.
     reference_contrast: bool = False
 
-    # Engine: the trained MSVQ-VAE (a DIRECT checkpoint, model_<N>.pt of its run), loaded when training starts.
+    # Engine: the trained MSVQ-VAE (a DIRECT checkpoint, model_<N>.pt of its run), loaded when the engine is built
+    # (training, validation and direct predict alike); no MIAR checkpoint carries it (direct_nextaccel.miar).
     tokenizer_checkpoint: str | None = None
     # Gaussian blur (kernel radius 1) of the low-resolution image, in low-resolution pixels; 0 = off, 0.8 = OpenCV's
     # sigma for a 3 x 3 kernel. DIRECT baselines cannot see it: keep 0 to compare on the same input.

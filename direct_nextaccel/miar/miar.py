@@ -13,8 +13,9 @@ Blocks
 
 Low-resolution control (section 3.2)
     The LR image (the zero-filled image of the super-resolution mask, i.e. the zero-padding upsampled acquisition)
-    goes through a trainable copy of the MSVQ-VAE encoder, initialised from the tokenizer's (:meth:`load_tokenizer`):
-    its latent (C_lr = latent_dim = 32 channels on the finest token grid) is the cross-attention context.
+    goes through a trainable copy of the MSVQ-VAE encoder, initialised from the tokenizer's
+    (:meth:`MIAR.init_context_encoder_from`): its latent (C_lr = latent_dim = 32 channels on the finest token grid) is
+    the cross-attention context.
 
 Multi-contrast control (section 4.1.1, ``reference_contrast=True``)
     The fully sampled image of another contrast of the same slice (T1 guiding T2), a magnitude normalised by its own
@@ -31,15 +32,26 @@ Positions
 
 Decoding goes through :mod:`direct_nextaccel.modules.decoding` (argmax, sampling, MIAR's beam search), the same code
 NextAccel uses; the frozen tokenizer turns the tokens into the image.
+
+The frozen tokenizer
+    MIAR holds the MSVQ-VAE as the submodule ``tokenizer`` (frozen, always in evaluation mode) because teacher
+    forcing and decoding run through it and it must follow the model across devices; its weights are the engine's
+    (:mod:`direct_nextaccel.miar`): :class:`~direct_nextaccel.miar.transformer_engine.MIAREngine` loads them from
+    ``model.tokenizer_checkpoint`` with :meth:`MIAR.load_tokenizer`, and MIAR's ``state_dict()`` leaves every
+    ``tokenizer.*`` key out, so no MIAR checkpoint carries them and loading one does not expect them. A checkpoint
+    saved before that rule still carries them: it loads if they equal the loaded tokenizer's weights (they are then
+    ignored) and is refused in one line if they differ (the transformer was trained on another tokenizer's tokens).
 """
 
-from collections.abc import Sequence
+import logging
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from direct_nextaccel.core.checkpoints import CheckpointError
 from direct_nextaccel.miar.msvqvae import MSVQVAE
 from direct_nextaccel.modules.attention import ContextKV, KVCache
 from direct_nextaccel.modules.decoding import (
@@ -54,6 +66,34 @@ from direct_nextaccel.modules.rope import Rope2D
 from direct_nextaccel.modules.transformer import RMSNormBlock, block_causal_mask
 from direct_nextaccel.modules.vqvae import Encoder
 from direct_nextaccel.nextaccel.nextaccel import sincos_2d
+
+logger = logging.getLogger(__name__)
+
+TOKENIZER_PREFIX = "tokenizer."
+"""Key prefix of the frozen MSVQ-VAE's weights in MIAR's state: left out of ``state_dict()``, not expected by
+``load_state_dict()``, compared with the loaded tokenizer when an older checkpoint still carries them."""
+
+
+def _leave_out_tokenizer(module: "MIAR", state_dict: dict[str, Any], prefix: str, local_metadata: Any) -> None:
+    """State-dict post-hook: no ``tokenizer.*`` key in a MIAR's state (so in no checkpoint)."""
+    for key in [key for key in state_dict if key.startswith(prefix + TOKENIZER_PREFIX)]:
+        del state_dict[key]
+
+
+def _take_out_carried_tokenizer(module: "MIAR", state_dict: dict[str, Any], prefix: str, *_: Any) -> None:
+    """Load pre-hook: remove the ``tokenizer.*`` keys an older checkpoint carries, after checking that they are the
+    loaded tokenizer's (:meth:`MIAR.check_carried_tokenizer`)."""
+    module._state_prefix = prefix  # for the post-hook, which is not told
+    start = prefix + TOKENIZER_PREFIX
+    carried = {key.removeprefix(start): state_dict.pop(key) for key in [k for k in state_dict if k.startswith(start)]}
+    if carried:
+        module.check_carried_tokenizer(carried)
+
+
+def _tokenizer_is_not_missing(module: "MIAR", incompatible_keys: Any) -> None:
+    """Load post-hook: the tokenizer's keys are not missing from a MIAR checkpoint, which never has them."""
+    start = getattr(module, "_state_prefix", "") + TOKENIZER_PREFIX
+    incompatible_keys.missing_keys[:] = [key for key in incompatible_keys.missing_keys if not key.startswith(start)]
 
 
 def _init_transformer_weights(module: nn.Module) -> None:
@@ -84,8 +124,9 @@ class MIAR(nn.Module):
         Condition the LR encoder also on a reference contrast's image (one extra, zero-initialised input channel).
     in_channels, base_channels, channel_multipliers, num_res_blocks, latent_dim, codebook_size, scales, quant_resi,
     num_phi, image_size
-        The MSVQ-VAE's shape: the model holds a frozen tokenizer of that shape (loaded with :meth:`load_tokenizer`)
-        and a trainable copy of its encoder for the LR image.
+        The MSVQ-VAE's shape: the model holds a frozen tokenizer of that shape (its weights loaded with
+        :meth:`load_tokenizer`, never saved in the model's state) and a trainable copy of its encoder for the LR image
+        (initialised with :meth:`init_context_encoder_from`).
     forward_operator, backward_operator
         Passed by DIRECT to every model; unused.
     """
@@ -142,6 +183,10 @@ class MIAR(nn.Module):
         )
         self.tokenizer.requires_grad_(False)
         self.tokenizer.eval()
+        self.tokenizer_source: str | None = None  # where load_tokenizer's weights came from, for messages
+        self.register_state_dict_post_hook(_leave_out_tokenizer)
+        self.register_load_state_dict_pre_hook(_take_out_carried_tokenizer)
+        self.register_load_state_dict_post_hook(_tokenizer_is_not_missing)
         self.reference_contrast = reference_contrast
         self.context_encoder = Encoder(
             in_channels=in_channels + int(reference_contrast),
@@ -198,10 +243,17 @@ class MIAR(nn.Module):
         self.tokenizer.eval()
         return self
 
-    # Loading from the tokenizer -------------------------------------------------------------------------------------
+    # The frozen tokenizer --------------------------------------------------------------------------------------------
 
-    def load_tokenizer(self, state_dict: dict[str, Tensor]) -> None:
-        """Load the trained MSVQ-VAE (its ``state_dict()``) and initialise the LR encoder from its encoder.
+    def load_tokenizer(self, state_dict: Mapping[str, Tensor], source: str | None = None) -> None:
+        """Load the trained MSVQ-VAE (its ``state_dict()``) into the frozen tokenizer.
+
+        Parameters
+        ----------
+        state_dict : Mapping
+            The MSVQ-VAE's weights.
+        source : str, optional
+            Where they come from (``model.tokenizer_checkpoint '...'``), for messages.
 
         Raises
         ------
@@ -220,14 +272,51 @@ class MIAR(nn.Module):
         for key in state_dict:
             if key not in own:
                 raise ValueError(f"unexpected key '{key}' for the MSVQ-VAE tokenizer")
-        self.tokenizer.load_state_dict(state_dict)
-        encoder_state = self.tokenizer.encoder.state_dict()
+        self.tokenizer.load_state_dict(dict(state_dict))
+        self.tokenizer_source = source or "given to MIAR.load_tokenizer"
+
+    def init_context_encoder_from(self, encoder_state: Mapping[str, Tensor]) -> None:
+        """Initialise the trainable LR encoder from the tokenizer's encoder (its ``state_dict()``), paper section 3.2.
+
+        With ``reference_contrast`` the reference channel's input weights start at zero, so the model starts as
+        exactly the single-contrast one.
+        """
+        encoder_state = dict(encoder_state)
         if self.reference_contrast:
             weight = encoder_state["conv_in.weight"]  # base, in_channels, k, k
             encoder_state["conv_in.weight"] = torch.cat(
                 [weight, weight.new_zeros(weight.shape[0], 1, *weight.shape[2:])], dim=1
             )
         self.context_encoder.load_state_dict(encoder_state)
+
+    def check_carried_tokenizer(self, carried: Mapping[str, Tensor]) -> None:
+        """Accept the tokenizer weights an older MIAR checkpoint carries only if they are the loaded tokenizer's.
+
+        Raises
+        ------
+        CheckpointError
+            In one line, naming the first weight that differs and where the loaded tokenizer came from.
+        """
+        own = self.tokenizer.state_dict()
+        differing = sorted(set(carried) ^ set(own))
+        differing += [
+            key
+            for key, tensor in own.items()
+            if key in carried
+            and (
+                tuple(carried[key].shape) != tuple(tensor.shape)
+                or not torch.equal(carried[key].to(tensor.device), tensor)
+            )
+        ]
+        loaded = self.tokenizer_source or "none loaded (MIAREngine loads it from model.tokenizer_checkpoint)"
+        if differing:
+            raise CheckpointError(
+                "this MIAR checkpoint carries its own MSVQ-VAE (tokenizer.* weights, saved before MIAR checkpoints "
+                f"left the tokenizer out) and it is not the tokenizer MIAR uses ({loaded}): '{differing[0]}' differs. "
+                "The transformer was trained on that tokenizer's tokens: set model.tokenizer_checkpoint to the "
+                "MSVQ-VAE checkpoint it was trained with"
+            )
+        logger.info("The checkpoint's tokenizer.* weights (an older MIAR checkpoint) equal %s: ignored.", loaded)
 
     # Inputs ---------------------------------------------------------------------------------------------------------
 

@@ -13,9 +13,9 @@ from omegaconf import OmegaConf
 from direct_nextaccel.masks.superresolution import superresolution_mask
 from direct_nextaccel.miar.config import MIARConfig, MSVQVAEConfig
 from direct_nextaccel.miar.miar import MIAR
-from direct_nextaccel.miar.miar_engine import MIAREngine
 from direct_nextaccel.miar.msvqvae import MSVQVAE
 from direct_nextaccel.miar.msvqvae_engine import MSVQVAEEngine
+from direct_nextaccel.miar.transformer_engine import MIAREngine
 from direct_nextaccel.nextaccel import acquisition
 from direct_nextaccel.nextaccel.aqvae import AQVAE
 from direct_nextaccel.nextaccel.aqvae_engine import AQVAEEngine
@@ -30,7 +30,8 @@ SR4 = torch.from_numpy(superresolution_mask((64, 64), 4))
 
 @pytest.fixture(scope="module")
 def checkpoints(tmp_path_factory):
-    """A random tiny AQ-VAE and a privileged teacher on its codebook, saved as bare DIRECT checkpoints."""
+    """A random tiny AQ-VAE and a privileged teacher on its codebook, and a random tiny MSVQ-VAE for MIAR, saved as
+    bare DIRECT checkpoints."""
     root = tmp_path_factory.mktemp("bf16")
     torch.manual_seed(0)
     tokenizer = build_model(AQVAE, merged_config("tiny_aqvae.yaml", AQVAEConfig).model)
@@ -40,6 +41,9 @@ def checkpoints(tmp_path_factory):
     paths = {"tokenizer": root / "tokenizer.pt", "teacher": root / "teacher.pt"}
     torch.save({"model": tokenizer.state_dict()}, paths["tokenizer"])
     torch.save({"model": teacher.state_dict()}, paths["teacher"])
+    paths["msvqvae"] = root / "msvqvae.pt"
+    msvqvae = build_model(MSVQVAE, merged_config("tiny_msvqvae.yaml", MSVQVAEConfig).model)
+    torch.save({"model": msvqvae.state_dict()}, paths["msvqvae"])
     return paths
 
 
@@ -64,18 +68,17 @@ def tokenizer_engine(name, config_class, model_class, engine_class):
     return engine_class(config, build_model(model_class, config.model), "cpu", fft2, ifft2, True)
 
 
-def miar_engine():
-    engine = tokenizer_engine("tiny_miar.yaml", MIARConfig, MIAR, MIAREngine)
-    engine.miar.load_tokenizer(
-        build_model(MSVQVAE, merged_config("tiny_msvqvae.yaml", MSVQVAEConfig).model).state_dict()
-    )
+def miar_engine(checkpoints):
+    config = merged_config("tiny_miar.yaml", MIARConfig, tokenizer_checkpoint=str(checkpoints["msvqvae"]))
+    engine = MIAREngine(config, build_model(MIAR, config.model), "cpu", fft2, ifft2, True)  # loads the tokenizer
+    engine.initialise_from_tokenizer()
     return engine
 
 
 ENGINES = {
     "aqvae": (lambda _: tokenizer_engine("tiny_aqvae.yaml", AQVAEConfig, AQVAE, AQVAEEngine), R32),
     "msvqvae": (lambda _: tokenizer_engine("tiny_msvqvae.yaml", MSVQVAEConfig, MSVQVAE, MSVQVAEEngine), SR4),
-    "miar": (lambda _: miar_engine(), SR4),
+    "miar": (miar_engine, SR4),
     "nextaccel": (lambda c: transformer_engine("tiny_nextaccel.yaml", NextAccelEngine, c), R32),
     "teacher": (lambda c: transformer_engine("tiny_teacher.yaml", TeacherEngine, c), R32),
     "distillation": (lambda c: transformer_engine("tiny_distill.yaml", DistillationEngine, c), R32),

@@ -22,7 +22,7 @@ from direct_nextaccel.core.checkpoints import (
     atomic_save,
     read_checkpoint,
 )
-from direct_nextaccel.miar.miar_engine import load_tokenizer_state
+from direct_nextaccel.miar.transformer_engine import load_tokenizer_state
 from direct_nextaccel.nextaccel.aqvae import AQVAE
 from direct_nextaccel.nextaccel.aqvae_engine import AQVAEEngine
 from direct_nextaccel.nextaccel.config import AQVAEConfig, NextAccelConfig

@@ -1,4 +1,5 @@
-"""Shared fixtures of the MIAR tests: tiny super-resolution batches as DIRECT hands them to an engine."""
+"""Shared fixtures of the MIAR tests: tiny super-resolution batches as DIRECT hands them to an engine, and the tiny
+MSVQ-VAE checkpoint a MIAR engine loads its frozen tokenizer from (``model.tokenizer_checkpoint``)."""
 
 from pathlib import Path
 
@@ -10,6 +11,8 @@ from omegaconf import OmegaConf
 
 from direct_nextaccel.data.simulate import simulate_volume
 from direct_nextaccel.masks.superresolution import superresolution_mask
+from direct_nextaccel.miar.config import MSVQVAEConfig
+from direct_nextaccel.miar.msvqvae import MSVQVAE
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -47,6 +50,22 @@ def sr_batch(coils: int = 4, factor: int = 4, size: int = 64, nan: bool = False)
     }
 
 
+def tokenizer_state(seed: int = 0) -> dict[str, torch.Tensor]:
+    """The tiny MSVQ-VAE of ``direct_nextaccel/configs/tiny_msvqvae.yaml`` with the random weights of ``seed``."""
+    yaml = OmegaConf.load(REPO / "direct_nextaccel" / "configs" / "tiny_msvqvae.yaml").model
+    config = OmegaConf.merge(OmegaConf.structured(MSVQVAEConfig), yaml)
+    keys = {k: config[k] for k in MSVQVAE.__init__.__code__.co_varnames[1:] if k in config}
+    torch.manual_seed(seed)
+    return MSVQVAE(**{k: tuple(v) if OmegaConf.is_list(v) else v for k, v in keys.items()}).state_dict()
+
+
+def save_tokenizer(path: Path, seed: int = 0) -> Path:
+    """:func:`tokenizer_state` saved at ``path`` as a bare DIRECT checkpoint (``{"model": state_dict}``)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"model": tokenizer_state(seed)}, path)
+    return path
+
+
 def build_engine(config_name: str, config_class, model_class, engine_class, **model_overrides):
     """A tiny config merged as DIRECT merges it, its model built from the constructor's keys, and the engine."""
     from direct.data.transforms import fft2
@@ -69,3 +88,21 @@ def make_batch():
 def make_engine():
     """:func:`build_engine`."""
     return build_engine
+
+
+@pytest.fixture
+def make_tokenizer_state():
+    """:func:`tokenizer_state`."""
+    return tokenizer_state
+
+
+@pytest.fixture
+def make_tokenizer_checkpoint():
+    """:func:`save_tokenizer`."""
+    return save_tokenizer
+
+
+@pytest.fixture(scope="module")
+def tokenizer_checkpoint(tmp_path_factory) -> Path:
+    """The tiny MSVQ-VAE of seed 0 as ``model_0.pt`` (no ``config.yaml``), for ``model.tokenizer_checkpoint``."""
+    return save_tokenizer(tmp_path_factory.mktemp("msvqvae") / "model_0.pt")

@@ -1,9 +1,11 @@
 """MIAR transformer: RoPE really in its attention, block-causal teacher forcing, cached decoding equal to
-recomputation, a frozen tokenizer, and clear errors for bad settings."""
+recomputation, a frozen tokenizer that no MIAR state dict carries, and clear errors for bad settings."""
 
 import pytest
 import torch
+from torch import nn
 
+from direct_nextaccel.core.checkpoints import CheckpointError
 from direct_nextaccel.miar.miar import MIAR, check_decoding, token_cross_entropy
 from direct_nextaccel.miar.msvqvae import MSVQVAE
 
@@ -33,6 +35,7 @@ def model(trained_tokenizer) -> MIAR:
     torch.manual_seed(1)
     miar = MIAR(**TRANSFORMER, **TOKENIZER)
     miar.load_tokenizer(trained_tokenizer.state_dict())
+    miar.init_context_encoder_from(trained_tokenizer.encoder.state_dict())
     return miar.eval()
 
 
@@ -155,6 +158,35 @@ def test_tokenizer_of_another_shape_is_refused(model):
         model.load_tokenizer(other.state_dict())
 
 
+def test_state_dict_leaves_the_tokenizer_out_and_loads_without_it(model):
+    state = model.state_dict()
+    assert "head.weight" in state and not any(key.startswith("tokenizer.") for key in state)
+    assert any(name.startswith("tokenizer.") for name, _ in model.named_parameters())  # still a submodule
+    torch.manual_seed(5)
+    other = MIAR(**TRANSFORMER, **TOKENIZER)
+    other.load_tokenizer(model.tokenizer.state_dict())
+    assert other.load_state_dict(state) == ([], [])  # strict: nothing missing, nothing unexpected
+    assert all(torch.equal(other.state_dict()[key], value) for key, value in state.items())
+    wrapped = nn.ModuleDict({"module": other})  # a wrapper's prefix, as DistributedDataParallel's module.
+    assert set(wrapped.state_dict()) == {f"module.{key}" for key in state}
+    assert wrapped.load_state_dict({f"module.{key}": value for key, value in state.items()}) == ([], [])
+
+
+def test_tokenizer_weights_of_an_older_state_are_checked_then_ignored(model, trained_tokenizer):
+    older = {**model.state_dict(), **{f"tokenizer.{k}": v for k, v in model.tokenizer.state_dict().items()}}
+    other = MIAR(**TRANSFORMER, **TOKENIZER)
+    other.load_tokenizer(trained_tokenizer.state_dict(), source="the trained tokenizer")
+    assert other.load_state_dict(older) == ([], [])  # the same tokenizer: loads, nothing unexpected
+    older["tokenizer.quantizer.codebook"] = older["tokenizer.quantizer.codebook"] + 1
+    with pytest.raises(CheckpointError, match=r"\(the trained tokenizer\): 'quantizer\.codebook' differs") as error:
+        other.load_state_dict(older)
+    assert "\n" not in str(error.value)
+    with pytest.raises(
+        CheckpointError, match=r"\(none loaded \(MIAREngine loads it from model\.tokenizer_checkpoint\)\)"
+    ):
+        MIAR(**TRANSFORMER, **TOKENIZER).load_state_dict(older)
+
+
 # Multi-contrast conditioning (reference_contrast) -------------------------------------------------------------------
 
 
@@ -163,6 +195,7 @@ def test_reference_contrast_starts_as_the_single_contrast_model(model, trained_t
     equal the single-contrast model's for any reference, because the reference channel's weights start at zero."""
     guided = MIAR(**TRANSFORMER, **TOKENIZER, reference_contrast=True)
     guided.load_tokenizer(trained_tokenizer.state_dict())
+    guided.init_context_encoder_from(trained_tokenizer.encoder.state_dict())
     shared = {k: v for k, v in model.state_dict().items() if not k.startswith("context_encoder.")}
     guided.load_state_dict(shared, strict=False)
     guided.eval()
@@ -182,6 +215,7 @@ def test_reference_contrast_starts_as_the_single_contrast_model(model, trained_t
 def test_reference_contrast_reaches_the_encoder_once_trained(trained_tokenizer, batch):
     guided = MIAR(**TRANSFORMER, **TOKENIZER, reference_contrast=True)
     guided.load_tokenizer(trained_tokenizer.state_dict())
+    guided.init_context_encoder_from(trained_tokenizer.encoder.state_dict())
     guided.train()
     lr, tokens = batch
     loss, _ = token_cross_entropy(guided(lr, tokens, torch.rand(2, 32, 32)), tokens)

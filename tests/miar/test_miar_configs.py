@@ -48,10 +48,16 @@ def fastmri_root(tmp_path_factory) -> pathlib.Path:
 
 
 @pytest.fixture()
-def direct_env(request, tmp_path, monkeypatch):
+def direct_env(request, tmp_path, monkeypatch, make_tokenizer_checkpoint):
+    """DIRECT's environment of a config, run from ``tmp_path`` where a MIAR config's relative
+    ``model.tokenizer_checkpoint`` finds a tiny MSVQ-VAE: the MIAR engine loads it when it is built."""
     import direct.environment
 
     monkeypatch.setattr(direct.environment, "setup_logging", lambda *args, **kwargs: None)
+    monkeypatch.chdir(tmp_path)
+    tokenizer = OmegaConf.load(REPO / request.param).model.get("tokenizer_checkpoint")
+    if tokenizer:
+        make_tokenizer_checkpoint(tmp_path / tokenizer)
     return direct.environment.setup_common_environment("run", tmp_path, str(REPO / request.param), "cpu", 0, False)
 
 

@@ -1,5 +1,6 @@
-"""MIAR inside DIRECT: the teacher-forced engine in process, and plain `direct train` / `direct predict` of the tiny
-MSVQ-VAE and MIAR configs on single-coil (magnitude-style) data, one after the other as the README's pipeline."""
+"""MIAR inside DIRECT: the teacher-forced engine in process, its frozen tokenizer (loaded by the engine from
+model.tokenizer_checkpoint, in no MIAR checkpoint), and plain `direct train` / `direct predict` of the tiny MSVQ-VAE and
+MIAR configs on single-coil (magnitude-style) data, one after the other as the README's pipeline."""
 
 import json
 import os
@@ -11,34 +12,28 @@ import h5py
 import numpy as np
 import pytest
 import torch
+from direct.checkpointer import Checkpointer
 from direct.utils.events import EventStorage
 from omegaconf import OmegaConf
 
+from direct_nextaccel.core.checkpoints import CheckpointError
 from direct_nextaccel.core.errors import NonFiniteError
 from direct_nextaccel.data.fastmri_h5 import fastmri_filename, write_fastmri_h5
 from direct_nextaccel.data.simulate import simulate_volume
-from direct_nextaccel.miar.config import MIARConfig, MSVQVAEConfig
+from direct_nextaccel.miar.config import MIARConfig
 from direct_nextaccel.miar.miar import MIAR
-from direct_nextaccel.miar.miar_engine import MIAREngine, load_tokenizer_state
 from direct_nextaccel.miar.msvqvae import MSVQVAE
+from direct_nextaccel.miar.transformer_engine import MIAREngine, load_tokenizer_state
 
 REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 
 
-def tokenizer_state() -> dict[str, torch.Tensor]:
-    yaml = OmegaConf.load(REPO / "direct_nextaccel" / "configs" / "tiny_msvqvae.yaml").model
-    config = OmegaConf.merge(OmegaConf.structured(MSVQVAEConfig), yaml)
-    keys = {k: config[k] for k in MSVQVAE.__init__.__code__.co_varnames[1:] if k in config}
-    torch.manual_seed(0)
-    return MSVQVAE(**{k: tuple(v) if OmegaConf.is_list(v) else v for k, v in keys.items()}).state_dict()
-
-
 @pytest.fixture
-def engine(make_engine):
+def engine(make_engine, tokenizer_checkpoint):
     torch.manual_seed(1)
-    built = make_engine("tiny_miar.yaml", MIARConfig, MIAR, MIAREngine)
-    built.miar.load_tokenizer(tokenizer_state())
+    built = make_engine("tiny_miar.yaml", MIARConfig, MIAR, MIAREngine, tokenizer_checkpoint=str(tokenizer_checkpoint))
+    built.initialise_from_tokenizer()  # what train() does for a fresh run
     return built
 
 
@@ -109,21 +104,101 @@ def test_image_losses_are_refused(engine):
         MIAREngine(engine.cfg, engine.model, "cpu", engine.forward_operator, engine.backward_operator)
 
 
-def test_tokenizer_checkpoint_loading(engine, tmp_path):
-    engine.cfg.model.tokenizer_checkpoint = None
-    with pytest.raises(ValueError, match="tokenizer_checkpoint is not set"):
-        engine.load_tokenizer()
+def test_the_engine_loads_the_tokenizer_when_built(engine, make_tokenizer_state, tokenizer_checkpoint):
+    state = make_tokenizer_state()
+    assert all(torch.equal(value, state[key]) for key, value in engine.tokenizer.state_dict().items())
+    assert engine.tokenizer is engine.miar.tokenizer and not engine.tokenizer.training
+    assert engine.miar.tokenizer_source == f"model.tokenizer_checkpoint {str(tokenizer_checkpoint)!r}"
+    encoder = engine.miar.context_encoder.state_dict()
+    assert all(torch.equal(encoder[key], value) for key, value in engine.tokenizer.encoder.state_dict().items())
+
+
+@pytest.mark.parametrize("unset", [None, ""])
+def test_unset_tokenizer_checkpoint_is_one_line_naming_the_key(make_engine, unset):
+    with pytest.raises(CheckpointError, match=r"^model\.tokenizer_checkpoint is not set: train the MSVQ-VAE") as error:
+        make_engine("tiny_miar.yaml", MIARConfig, MIAR, MIAREngine, tokenizer_checkpoint=unset)
+    assert "\n" not in str(error.value)
+
+
+def test_tokenizer_checkpoint_loading(make_engine, make_tokenizer_state, tmp_path):
+    def build(path):
+        return make_engine("tiny_miar.yaml", MIARConfig, MIAR, MIAREngine, tokenizer_checkpoint=str(path))
+
     with pytest.raises(ValueError, match=r"tokenizer_checkpoint '.*missing.pt' is not a file"):
-        load_tokenizer_state(tmp_path / "missing.pt")
-    state = tokenizer_state()
+        build(tmp_path / "missing.pt")
+    state = make_tokenizer_state()
     path = tmp_path / "model_5.pt"
     torch.save({"model": {f"module.{k}": v for k, v in state.items()}, "__version__": "2.2.0"}, path)  # DDP keys
-    engine.cfg.model.tokenizer_checkpoint = str(path)
-    engine.load_tokenizer()
-    assert torch.equal(engine.miar.tokenizer.quantizer.codebook, state["quantizer.codebook"])
+    assert torch.equal(build(path).tokenizer.quantizer.codebook, state["quantizer.codebook"])
     torch.save({"optimizer": {}}, path)
     with pytest.raises(ValueError, match="has no 'model' state dict"):
-        load_tokenizer_state(path)
+        build(path)
+    torch.save({"model": {**state, "extra.weight": torch.ones(1)}}, path)
+    with pytest.raises(CheckpointError, match=r"^model\.tokenizer_checkpoint '.*model_5\.pt': unexpected key 'extra"):
+        build(path)
+
+
+def test_tokenizer_run_of_another_shape_is_refused(make_engine, make_tokenizer_checkpoint, tmp_path):
+    """quant_resi does not show in the state dict: the tokenizer run's config.yaml names it."""
+    path = make_tokenizer_checkpoint(tmp_path / "msvqvae" / "model_5.pt")
+    config = OmegaConf.load(REPO / "direct_nextaccel" / "configs" / "tiny_msvqvae.yaml")
+    config.model.quant_resi = 0.25
+    OmegaConf.save(config, path.parent / "config.yaml")
+    with pytest.raises(CheckpointError, match=r"trained with quant_resi=0\.25 .*, the configuration has 0\.5"):
+        make_engine("tiny_miar.yaml", MIARConfig, MIAR, MIAREngine, tokenizer_checkpoint=str(path))
+
+
+def test_miar_checkpoints_carry_no_tokenizer_and_load_with_the_configured_one(engine, make_engine, tmp_path):
+    """DIRECT's checkpointer (as the plugin engines use it) saves MIAR without its tokenizer; another engine built from
+    the same config (with its own random transformer) loads the checkpoint, the tokenizer staying the configured one."""
+    optimizer = torch.optim.AdamW(engine.model.parameters(), lr=1e-3)
+    engine.checkpointer = Checkpointer(
+        save_directory=tmp_path, save_to_disk=True, model=engine.model, optimizer=optimizer
+    )
+    engine.checkpointer.save(5)
+    saved = torch.load(tmp_path / "model_5.pt", weights_only=True)["model"]
+    assert "head.weight" in saved and not any(key.startswith("tokenizer.") for key in saved)
+    torch.manual_seed(7)
+    other = make_engine(
+        "tiny_miar.yaml", MIARConfig, MIAR, MIAREngine, tokenizer_checkpoint=engine.cfg.model.tokenizer_checkpoint
+    )
+    assert not torch.equal(other.miar.head.weight, engine.miar.head.weight)
+    other.checkpointer = Checkpointer(save_directory=tmp_path, model=other.model)
+    other.checkpointer.load_models_from_file(tmp_path / "model_5.pt")
+    for key, value in engine.model.state_dict().items():
+        assert torch.equal(other.model.state_dict()[key], value), key
+    assert all(
+        torch.equal(a, b)
+        for a, b in zip(other.tokenizer.state_dict().values(), engine.tokenizer.state_dict().values(), strict=True)
+    )
+
+
+def test_an_older_miar_checkpoint_carrying_its_tokenizer(engine, make_engine, make_tokenizer_checkpoint, tmp_path):
+    """A checkpoint saved when MIAR still carried its tokenizer loads if that tokenizer is the configured one (its
+    tokenizer.* weights are then ignored) and is refused in one line if not."""
+    older = {**engine.model.state_dict(), **{f"tokenizer.{k}": v for k, v in engine.tokenizer.state_dict().items()}}
+    path = tmp_path / "model_3.pt"
+    torch.save({"model": older}, path)
+    torch.manual_seed(7)
+    same = make_engine(
+        "tiny_miar.yaml", MIARConfig, MIAR, MIAREngine, tokenizer_checkpoint=engine.cfg.model.tokenizer_checkpoint
+    )
+    same.checkpointer = Checkpointer(save_directory=tmp_path, model=same.model)
+    same.checkpointer.load_models_from_file(path)
+    assert torch.equal(same.miar.head.weight, engine.miar.head.weight)
+
+    other_tokenizer = make_tokenizer_checkpoint(tmp_path / "other" / "model_0.pt", seed=5)
+    other = make_engine("tiny_miar.yaml", MIARConfig, MIAR, MIAREngine, tokenizer_checkpoint=str(other_tokenizer))
+    other.checkpointer = Checkpointer(save_directory=tmp_path, model=other.model)
+    with pytest.raises(
+        CheckpointError,
+        match=(
+            r"carries its own MSVQ-VAE .* not the tokenizer MIAR uses "
+            r"\(model\.tokenizer_checkpoint '.*other/model_0\.pt'\): '.*' differs"
+        ),
+    ) as error:
+        other.checkpointer.load_models_from_file(path)
+    assert "\n" not in str(error.value)
 
 
 # The pipeline through DIRECT's command line -----------------------------------------------------------------------
@@ -190,8 +265,10 @@ def test_direct_train_and_predict_tokenizer_then_miar(data_root, tmp_path):
     logged = logged_names(tmp_path / "runs" / "miar")
     assert {"token_cross_entropy", "token_accuracy"} <= logged
     assert any("fastmri_psnr" in key for key in logged), sorted(logged)
+    saved = torch.load(tmp_path / "runs" / "miar" / "model_5.pt", weights_only=True)["model"]
+    assert "head.weight" in saved and not any(key.startswith("tokenizer.") for key in saved)  # the engine's, not saved
     predict = ["direct", "predict", "out_miar", "--cfg", str(miar_config), "--data-root", str(data_root)]
-    run([*predict, "--checkpoint", "runs/miar/model_5.pt", *CPU], tmp_path)
+    run([*predict, "--checkpoint", "runs/miar/model_5.pt", *CPU], tmp_path)  # the tokenizer from the config
     for out in ("out_msvqvae", "out_miar"):
         for source in data_root.glob("*.h5"):
             with h5py.File(tmp_path / out / source.name, "r") as written:
@@ -203,11 +280,20 @@ def test_direct_train_and_predict_tokenizer_then_miar(data_root, tmp_path):
 
 
 @pytest.fixture
-def guided_engine(make_engine):
+def guided_engine(make_engine, tokenizer_checkpoint):
     torch.manual_seed(1)
-    built = make_engine("tiny_miar_t1t2.yaml", MIARConfig, MIAR, MIAREngine)
-    built.miar.load_tokenizer(tokenizer_state())
+    built = make_engine(
+        "tiny_miar_t1t2.yaml", MIARConfig, MIAR, MIAREngine, tokenizer_checkpoint=str(tokenizer_checkpoint)
+    )
+    built.initialise_from_tokenizer()
     return built
+
+
+def test_reference_channel_of_the_lr_encoder_starts_at_zero(guided_engine):
+    """The T1 -> T2 model starts from the tokenizer's encoder with one more input channel, zero-initialised."""
+    weight = guided_engine.miar.context_encoder.conv_in.weight  # base, 3, k, k
+    assert torch.equal(weight[:, :2], guided_engine.tokenizer.encoder.conv_in.weight)
+    assert torch.equal(weight[:, 2:], torch.zeros_like(weight[:, 2:]))
 
 
 def test_reference_image_of_the_batch_conditions_the_encoder(guided_engine, make_batch):
@@ -231,7 +317,7 @@ def test_reference_contrast_without_reference_image_names_the_dataset(guided_eng
 
 
 @pytest.mark.slow
-def test_direct_train_and_predict_t1_guided_t2(tmp_path):
+def test_direct_train_and_predict_t1_guided_t2(tmp_path, make_tokenizer_checkpoint):
     """`direct train` then `direct predict` of direct_nextaccel/configs/tiny_miar_t1t2.yaml on a T1/T2 pair of one
     subject (the tokenizer checkpoint is a freshly initialised tiny MSVQ-VAE: this checks the plumbing, not the
     quality)."""
@@ -239,8 +325,7 @@ def test_direct_train_and_predict_t1_guided_t2(tmp_path):
     for acquisition, seed in (("AXT1", 1), ("AXT2", 2)):
         kspace, _ = simulate_volume(phantom(), coils=1, matrix=(64, 64), seed=seed)
         write_fastmri_h5(data_root / fastmri_filename(acquisition, "900_0001"), kspace, acquisition)
-    tokenizer_checkpoint = tmp_path / "model_0.pt"
-    torch.save({"model": tokenizer_state()}, tokenizer_checkpoint)
+    tokenizer_checkpoint = make_tokenizer_checkpoint(tmp_path / "model_0.pt")
     config = short_config(tmp_path, "tiny_miar_t1t2", tokenizer_checkpoint=str(tokenizer_checkpoint))
     roots = ["--training-root", str(data_root), "--validation-root", str(data_root)]
     run(["direct", "train", "runs", "--cfg", str(config), "--name", "t1t2", *roots, *CPU], tmp_path)
@@ -276,9 +361,6 @@ def test_kspace_scale_leaves_the_input_and_scales_the_output(engine, make_batch)
 
 
 def test_tokenizer_from_before_the_intensity_convention_is_refused(tmp_path):
-    from direct_nextaccel.miar.miar_engine import load_tokenizer_state
-    from direct_nextaccel.miar.msvqvae import MSVQVAE
-
     state = MSVQVAE(
         base_channels=8, channel_multipliers=(1, 2), latent_dim=4, codebook_size=8, scales=(1, 2, 4), image_size=(8, 8)
     ).state_dict()

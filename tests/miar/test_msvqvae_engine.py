@@ -6,8 +6,8 @@ from direct.utils.events import EventStorage
 
 from direct_nextaccel.core.errors import NonFiniteError
 from direct_nextaccel.miar.config import MSVQVAEConfig
-from direct_nextaccel.miar.miar_engine import MSVQVAEEngine
 from direct_nextaccel.miar.msvqvae import MSVQVAE
+from direct_nextaccel.miar.msvqvae_engine import MSVQVAEEngine
 
 
 @pytest.fixture

@@ -10,9 +10,9 @@ central (H/4) x (W/4) k-space block, :func:`superresolution_batch`).
 - MIAR (:func:`miar_runner`): the path of ``MIAREngine``'s prediction: sensitivity normalisation; the zero-filled LR
   image of the block at the model size (``MIAREngine.lr_image``); ``MIAR.generate`` with argmax or MIAR's beam search
   (k = 1, 2, 3) and the KV cache, whose LR encoder (the cross-attention context) is reported as its own stage; the
-  tokenizer's ``decode_indices`` of all scales. The MSVQ-VAE of ``msvqvae.yaml`` is loaded into MIAR's tokenizer as
-  training does, which checks that the two configs agree (:func:`build_miar`). Ratios are printed next to the MIAR
-  paper's own (RTX 4090, ms per slice: argmax 257, beam k = 1, 2, 3: 432, 705, 1372).
+  tokenizer's ``decode_indices`` of all scales. The MSVQ-VAE of ``msvqvae.yaml`` is MIAR's tokenizer, loaded by the
+  engine from its checkpoint as for training, which checks that the two configs agree (:func:`build_miar`). Ratios are
+  printed next to the MIAR paper's own (RTX 4090, ms per slice: argmax 257, beam k = 1, 2, 3: 432, 705, 1372).
 
 Configurations: ``paper``: 256 x 256, 1 coil (MIAR's single-image setting, the data of ``projects/miar_brain``),
 ``projects/miar_brain/configs/{msvqvae,miar}.yaml`` and ``baselines/*_sr4.yaml``; ``tiny``: 64 x 64, 4 coils (the
@@ -27,7 +27,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from direct_nextaccel.benchmark.speed.models import build_engine, decoded_magnitude, load_weights
+from direct_nextaccel.benchmark.speed.models import build_engine, config_file, decoded_magnitude, load_weights
 from direct_nextaccel.benchmark.speed.task import Setup, Source, Task, decoding_options
 from direct_nextaccel.benchmark.speed.timing import Runner, StageClock, TimedMethod
 
@@ -119,12 +119,29 @@ def build_miar(
 ) -> Engine:
     """MIAR's engine with the MSVQ-VAE of ``msvqvae_config`` as its tokenizer and LR encoder start, as training has.
 
-    The tokenizer is built from its own config (and checkpoint) and loaded into MIAR's with ``MIAR.load_tokenizer``,
-    which refuses a MIAR config that does not repeat the tokenizer's shape. A MIAR checkpoint then replaces all of it.
+    The tokenizer is the engine's (:mod:`direct_nextaccel.miar`): ``MIAREngine`` loads it from
+    ``model.tokenizer_checkpoint`` when it is built, here ``msvqvae_checkpoint`` (checked against its run's
+    ``config.yaml`` when there is one), or without one the MSVQ-VAE built from ``msvqvae_config`` (random weights)
+    saved to a temporary checkpoint with that config as its ``config.yaml``; the engine refuses a MIAR config that
+    does not repeat the tokenizer's shape. The LR encoder starts from the
+    tokenizer's encoder; a MIAR checkpoint then replaces the transformer's weights (it holds no tokenizer).
     """
-    tokenizer = build_engine(msvqvae_config, msvqvae_checkpoint).model
-    engine = build_engine(miar_config)
-    engine.miar.load_tokenizer(tokenizer.state_dict())
+    import tempfile
+
+    import torch
+    from omegaconf import OmegaConf
+
+    with tempfile.TemporaryDirectory(prefix="speed_miar_") as temporary:
+        folder = Path(temporary)
+        if msvqvae_checkpoint is None:
+            msvqvae_checkpoint = folder / "model_0.pt"
+            torch.save({"model": build_engine(msvqvae_config).model.state_dict()}, msvqvae_checkpoint)
+            (folder / "config.yaml").write_text(Path(msvqvae_config).read_text())
+        config = OmegaConf.load(config_file(miar_config))
+        config.model.tokenizer_checkpoint = str(Path(msvqvae_checkpoint).resolve())
+        OmegaConf.save(config, folder / "miar.yaml")
+        engine = build_engine(folder / "miar.yaml")
+    engine.initialise_from_tokenizer()
     load_weights(miar_checkpoint, {"model": engine.model, **engine.models})
     return engine
 
