@@ -17,14 +17,16 @@ CONFIGS = REPO / "direct_nextaccel" / "configs"
 FILENAME = "file_brain_AXT1_900_0001.h5"
 
 
-def phantom(slices: int = 2, size: int = 64) -> np.ndarray:
-    """Magnitude slices (slices, size, size): a head ellipse, a moving inner ellipse and some fine stripes."""
+def phantom(slices: int = 2, size: int = 64, stripes: float = 0.0) -> np.ndarray:
+    """Magnitude slices (slices, size, size): a head ellipse (1.0) with an inner ellipse (+0.5) that moves from
+    slice to slice, and optionally fine stripes of relative amplitude ``stripes`` across the head (detail that a
+    low-resolution image loses)."""
     yy, xx = np.mgrid[-1 : 1 : size * 1j, -1 : 1 : size * 1j]
     volume = np.zeros((slices, size, size), dtype=np.float32)
     for index in range(slices):
         head = (xx / 0.7) ** 2 + (yy / 0.8) ** 2 < 1
         inner = ((xx - 0.2 * index) / 0.2) ** 2 + (yy / 0.3) ** 2 < 1
-        volume[index] = head * (1.0 + 0.2 * np.sin(12 * np.pi * xx)) + 0.5 * inner
+        volume[index] = head * (1.0 + stripes * np.sin(12 * np.pi * xx)) + 0.5 * inner
     return volume
 
 

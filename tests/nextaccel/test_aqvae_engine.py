@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 from direct.data.transforms import fft2, ifft2
+from helpers import phantom
 from omegaconf import OmegaConf
 
 from direct_nextaccel.core.errors import NonFiniteError
@@ -25,16 +26,6 @@ from direct_nextaccel.nextaccel.config import AQVAEConfig
 REPO = Path(__file__).resolve().parents[2]
 TINY_CONFIG = REPO / "direct_nextaccel" / "configs" / "tiny_aqvae.yaml"
 BIN = Path(sys.executable).parent
-
-
-def phantom(slices: int = 2, size: int = 64) -> np.ndarray:
-    yy, xx = np.mgrid[-1 : 1 : size * 1j, -1 : 1 : size * 1j]
-    volume = np.zeros((slices, size, size), dtype=np.float32)
-    for index in range(slices):
-        volume[index] = 1.0 * ((xx / 0.7) ** 2 + (yy / 0.8) ** 2 < 1) + 0.5 * (
-            ((xx - 0.2 * index) / 0.2) ** 2 + (yy / 0.3) ** 2 < 1
-        )
-    return volume
 
 
 @pytest.fixture(scope="module")

@@ -17,6 +17,7 @@ import pytest
 import torch
 from direct.data.transforms import fft2, ifft2
 from direct.utils.events import EventStorage
+from helpers import phantom
 from omegaconf import OmegaConf
 
 from direct_nextaccel.data.fastmri_h5 import fastmri_filename, write_fastmri_h5
@@ -40,16 +41,6 @@ BIN = Path(sys.executable).parent
 CPU = ["--device", "cpu", "--num-gpus", "0", "--num-workers", "0"]
 FILENAME = "file_brain_AXT1_900_0001.h5"
 MODEL_ARGUMENTS = NextAccel.__init__.__code__.co_varnames[1 : NextAccel.__init__.__code__.co_argcount]
-
-
-def phantom(slices: int = 2, size: int = 64) -> np.ndarray:
-    yy, xx = np.mgrid[-1 : 1 : size * 1j, -1 : 1 : size * 1j]
-    volume = np.zeros((slices, size, size), dtype=np.float32)
-    for index in range(slices):
-        volume[index] = 1.0 * ((xx / 0.7) ** 2 + (yy / 0.8) ** 2 < 1) + 0.5 * (
-            ((xx - 0.2 * index) / 0.2) ** 2 + (yy / 0.3) ** 2 < 1
-        )
-    return volume
 
 
 def make_batch(family: str = "cartesian_y") -> dict:

@@ -17,6 +17,7 @@ import torch
 from direct.data.transforms import expand_operator, fft2, ifft2
 from direct.nn.unet.unet_2d import UnetModel2d
 from direct.utils.events import EventStorage
+from helpers import phantom
 from omegaconf import OmegaConf
 
 from direct_nextaccel.core.images import sense_adjoint
@@ -34,16 +35,6 @@ BIN = Path(sys.executable).parent
 CPU = ["--device", "cpu", "--num-gpus", "0", "--num-workers", "0"]
 FILENAME = "file_brain_AXT1_900_0001.h5"
 LEVEL_NAMES = ("R16", "R8", "R4", "R2", "FS")
-
-
-def phantom(slices: int = 2, size: int = 64) -> np.ndarray:
-    yy, xx = np.mgrid[-1 : 1 : size * 1j, -1 : 1 : size * 1j]
-    volume = np.zeros((slices, size, size), dtype=np.float32)
-    for index in range(slices):
-        volume[index] = 1.0 * ((xx / 0.7) ** 2 + (yy / 0.8) ** 2 < 1) + 0.5 * (
-            ((xx - 0.2 * index) / 0.2) ** 2 + (yy / 0.3) ** 2 < 1
-        )
-    return volume
 
 
 def six_iterations(source: Path, destination: Path, **model) -> Path:
