@@ -35,6 +35,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
         "direct_nextaccel.benchmark.speed.cli",
         "inference time per slice: NextAccel or MIAR (each decoding mode) next to DIRECT's baselines",
     ),
+    "gpu-check": ("direct_nextaccel.gpucheck.cli", "train, predict and time every engine in bf16 within a time budget"),
 }
 
 
