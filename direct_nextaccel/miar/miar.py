@@ -48,7 +48,6 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from direct_nextaccel.core.checkpoints import CheckpointError
@@ -63,9 +62,8 @@ from direct_nextaccel.modules.decoding import (
 )
 from direct_nextaccel.modules.quantizer import resize_latent
 from direct_nextaccel.modules.rope import Rope2D
-from direct_nextaccel.modules.transformer import RMSNormBlock, block_causal_mask
+from direct_nextaccel.modules.transformer import RMSNormBlock, block_causal_mask, init_transformer_weights, sincos_2d
 from direct_nextaccel.modules.vqvae import Encoder
-from direct_nextaccel.nextaccel.nextaccel import sincos_2d
 
 logger = logging.getLogger(__name__)
 
@@ -94,15 +92,6 @@ def _tokenizer_is_not_missing(module: "MIAR", incompatible_keys: Any) -> None:
     """Load post-hook: the tokenizer's keys are not missing from a MIAR checkpoint, which never has them."""
     start = getattr(module, "_state_prefix", "") + TOKENIZER_PREFIX
     incompatible_keys.missing_keys[:] = [key for key in incompatible_keys.missing_keys if not key.startswith(start)]
-
-
-def _init_transformer_weights(module: nn.Module) -> None:
-    if isinstance(module, nn.Linear):
-        nn.init.trunc_normal_(module.weight, std=0.02)
-        if module.bias is not None:
-            nn.init.zeros_(module.bias)
-    elif isinstance(module, nn.Embedding):
-        nn.init.trunc_normal_(module.weight, std=0.02)
 
 
 class MIAR(nn.Module):
@@ -234,7 +223,7 @@ class MIAR(nn.Module):
         self.head_norm = nn.RMSNorm(embed_dim, eps=1e-6)
         self.head = nn.Linear(embed_dim, codebook_size)
         for module in (self.context_proj, self.word_embed, self.scale_embed, self.blocks, self.head):
-            module.apply(_init_transformer_weights)
+            module.apply(init_transformer_weights)
         nn.init.trunc_normal_(self.start_token, std=0.02)
 
     def train(self, mode: bool = True) -> "MIAR":
@@ -501,23 +490,3 @@ class MIAR(nn.Module):
         return self.tokenizer.decode_indices(self.generate(lr_image, reference_image=reference_image, **decoding))
 
 
-def token_cross_entropy(logits: Sequence[Tensor], tokens: Sequence[Tensor]) -> tuple[Tensor, Tensor]:
-    """Mean cross-entropy over every token of every scale (VAR), and the fraction of tokens predicted exactly.
-
-    Parameters
-    ----------
-    logits : Sequence[Tensor]
-        (B, s_k^2, V) per scale.
-    tokens : Sequence[Tensor]
-        Targets, long (B, s_k, s_k) per scale.
-
-    Returns
-    -------
-    tuple[Tensor, Tensor]
-        Scalar loss and scalar accuracy.
-    """
-    flat_logits = torch.cat(list(logits), dim=1)  # B, L, V
-    targets = torch.cat([t.flatten(1) for t in tokens], dim=1)  # B, L
-    loss = F.cross_entropy(flat_logits.flatten(0, 1).float(), targets.flatten())
-    accuracy = (flat_logits.argmax(dim=-1) == targets).float().mean()
-    return loss, accuracy

@@ -38,10 +38,11 @@ from direct_nextaccel.core.images import center_crop_or_pad, coil_combined
 from direct_nextaccel.core.intensity import IntensityError, check_convention
 from direct_nextaccel.miar.config import MIARConfig, MSVQVAEShape
 from direct_nextaccel.miar.images import low_resolution_image
-from direct_nextaccel.miar.miar import MIAR, token_cross_entropy
+from direct_nextaccel.miar.miar import MIAR
 from direct_nextaccel.miar.msvqvae import MSVQVAE
 from direct_nextaccel.miar.msvqvae_engine import intensity_factor, replace_schedule, require_kspace
 from direct_nextaccel.modules.options import validate_model_config
+from direct_nextaccel.modules.transformer import token_cross_entropy
 
 __all__ = ["TOKENIZER_KEYS", "MIAREngine", "load_tokenizer_state"]
 

@@ -1,9 +1,12 @@
-"""Transformer blocks of the two scale-wise autoregressive models and the block-causal mask they train with.
+"""Transformer blocks of the two scale-wise autoregressive models, the block-causal mask they train with, and the
+pieces both share: the 2D sine-cosine position code, the weight initialisation and the token cross-entropy.
 
 :class:`AdaLNBlock` is NextAccel's block (VAR's adaptive-LayerNorm block plus cross-attention to encoder features),
 :class:`RMSNormBlock` is MIAR's (pre-RMSNorm, 2D RoPE self-attention, cross-attention to LR features, SwiGLU MLP).
 Both take the same inputs so one decoding loop drives either model.
 """
+
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -214,3 +217,54 @@ class RMSNormBlock(nn.Module):
         x = x + self.drop_path(self.self_attn(self.attn_norm(x), attn_mask=attn_mask, cache=cache))
         x = x + self.drop_path(self.cross_attn(self.cross_norm(x), context_kv))
         return x + self.drop_path(self.mlp(self.mlp_norm(x)))
+
+
+def sincos_2d(rows: int, cols: int, dim: int, reference: tuple[int, int], device=None, dtype=None) -> Tensor:
+    """Fixed 2D sine-cosine code (rows * cols, dim) of the image regions covered by a ``rows x cols`` grid.
+
+    Cell (i, j) sits at its region centre ``((i + 0.5) / rows * R_h, (j + 0.5) / cols * R_w)`` with
+    ``reference = (R_h, R_w)``, so grids of any size that cover the same region get the same code. Half of the
+    channels code the row, half the column, each as sin/cos pairs at frequencies ``10000 ** (-k / (dim / 4))``.
+    """
+    if dim % 4 != 0:
+        raise ValueError(f"sine-cosine position dimension {dim} is not divisible by 4")
+    omega = 10000.0 ** -(torch.arange(dim // 4, device=device, dtype=torch.float64) / (dim // 4))
+    row = (torch.arange(rows, device=device, dtype=torch.float64) + 0.5) / rows * reference[0]
+    col = (torch.arange(cols, device=device, dtype=torch.float64) + 0.5) / cols * reference[1]
+    row_angle = (row[:, None] * omega).repeat_interleave(cols, dim=0)  # rows*cols, dim/4
+    col_angle = (col[:, None] * omega).repeat(rows, 1)  # rows*cols, dim/4
+    code = torch.cat((row_angle.sin(), row_angle.cos(), col_angle.sin(), col_angle.cos()), dim=1)
+    return code.to(torch.get_default_dtype() if dtype is None else dtype)
+
+
+def init_transformer_weights(module: nn.Module) -> None:
+    """VAR's initialisation of a transformer's linear and embedding layers (truncated normal, std 0.02; zero biases),
+    for ``module.apply``."""
+    if isinstance(module, nn.Linear):
+        nn.init.trunc_normal_(module.weight, std=0.02)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
+    elif isinstance(module, nn.Embedding):
+        nn.init.trunc_normal_(module.weight, std=0.02)
+
+
+def token_cross_entropy(logits: Sequence[Tensor], tokens: Sequence[Tensor]) -> tuple[Tensor, Tensor]:
+    """Mean cross-entropy over every token of every scale (VAR), and the fraction of tokens predicted exactly.
+
+    Parameters
+    ----------
+    logits : Sequence[Tensor]
+        (B, s_k^2, V) per scale.
+    tokens : Sequence[Tensor]
+        Targets, long (B, s_k, s_k) per scale.
+
+    Returns
+    -------
+    tuple[Tensor, Tensor]
+        Scalar loss and scalar accuracy.
+    """
+    flat_logits = torch.cat(list(logits), dim=1)  # B, L, V
+    targets = torch.cat([t.flatten(1) for t in tokens], dim=1)  # B, L
+    loss = F.cross_entropy(flat_logits.flatten(0, 1).float(), targets.flatten())
+    accuracy = (flat_logits.argmax(dim=-1) == targets).float().mean()
+    return loss, accuracy

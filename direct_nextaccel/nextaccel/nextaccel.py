@@ -41,28 +41,10 @@ from direct_nextaccel.modules.decoding import (
     step_from_history,
 )
 from direct_nextaccel.modules.quantizer import resize_latent
-from direct_nextaccel.modules.transformer import AdaLNBlock, block_causal_mask
+from direct_nextaccel.modules.transformer import AdaLNBlock, block_causal_mask, init_transformer_weights, sincos_2d
 from direct_nextaccel.modules.vqvae import Encoder
 
 GENERATION_MODES = (*SAMPLING_MODES, "beam")
-
-
-def sincos_2d(rows: int, cols: int, dim: int, reference: tuple[int, int], device=None, dtype=None) -> Tensor:
-    """Fixed 2D sine-cosine code (rows * cols, dim) of the image regions covered by a ``rows x cols`` grid.
-
-    Cell (i, j) sits at its region centre ``((i + 0.5) / rows * R_h, (j + 0.5) / cols * R_w)`` with
-    ``reference = (R_h, R_w)``, so grids of any size that cover the same region get the same code. Half of the
-    channels code the row, half the column, each as sin/cos pairs at frequencies ``10000 ** (-k / (dim / 4))``.
-    """
-    if dim % 4 != 0:
-        raise ValueError(f"sine-cosine position dimension {dim} is not divisible by 4")
-    omega = 10000.0 ** -(torch.arange(dim // 4, device=device, dtype=torch.float64) / (dim // 4))
-    row = (torch.arange(rows, device=device, dtype=torch.float64) + 0.5) / rows * reference[0]
-    col = (torch.arange(cols, device=device, dtype=torch.float64) + 0.5) / cols * reference[1]
-    row_angle = (row[:, None] * omega).repeat_interleave(cols, dim=0)  # rows*cols, dim/4
-    col_angle = (col[:, None] * omega).repeat(rows, 1)  # rows*cols, dim/4
-    code = torch.cat((row_angle.sin(), row_angle.cos(), col_angle.sin(), col_angle.cos()), dim=1)
-    return code.to(torch.get_default_dtype() if dtype is None else dtype)
 
 
 def token_entropy(probs: Sequence[Tensor]) -> list[Tensor]:
@@ -94,15 +76,6 @@ def uncertainty_map(probs: Sequence[Tensor], image_size: Sequence[int]) -> Tenso
         enlarged = F.interpolate(normalised[:, None], size=tuple(image_size), mode="bilinear", align_corners=False)
         total = weight * enlarged if total is None else total + weight * enlarged
     return total[:, 0].clamp(0.0, 1.0)
-
-
-def _init_transformer_weights(module: nn.Module) -> None:
-    if isinstance(module, nn.Linear):
-        nn.init.trunc_normal_(module.weight, std=0.02)
-        if module.bias is not None:
-            nn.init.zeros_(module.bias)
-    elif isinstance(module, nn.Embedding):
-        nn.init.trunc_normal_(module.weight, std=0.02)
 
 
 class NextAccel(nn.Module):
@@ -255,7 +228,7 @@ class NextAccel(nn.Module):
 
     def _init_weights(self) -> None:
         for module in (self.word_embed, self.family_embed, self.level_embed, self.blocks, self.head_ada, self.head):
-            module.apply(_init_transformer_weights)
+            module.apply(init_transformer_weights)
         with torch.no_grad():
             codes = [
                 sincos_2d(g, g, self.pos_embed.shape[-1], self._position_reference, device=self.pos_embed.device)

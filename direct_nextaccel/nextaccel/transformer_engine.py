@@ -24,7 +24,6 @@ from typing import Any, ClassVar
 import h5py
 import numpy as np
 import torch
-import torch.nn.functional as F
 from direct.data import transforms as T
 from direct.nn.mri_models import _compute_resolution
 from torch import Tensor, nn
@@ -34,6 +33,7 @@ from direct_nextaccel.core.engine import PluginEngine
 from direct_nextaccel.core.images import center_crop_or_pad, sense_adjoint
 from direct_nextaccel.masks.nested import LEVELS, MASK_NAMES, family_of, mask_func_for_family
 from direct_nextaccel.modules.options import validate_model_config
+from direct_nextaccel.modules.transformer import token_cross_entropy
 from direct_nextaccel.nextaccel import acquisition
 from direct_nextaccel.nextaccel.aqvae_engine import LEVEL_NAMES
 from direct_nextaccel.nextaccel.config import NextAccelConfig
@@ -281,8 +281,7 @@ class NextAccelEngine(PluginEngine):
             tokens = self.tokenizer.encode(images, family).indices  # 6 x (B, g, g)
         inputs = self.teacher_forcing_tokens(tokens, image32, family, fs_image)
         logits = self.model(inputs, image32, family, **({"fs_image": fs_image} if self.PRIVILEGED else {}))
-        targets = torch.cat([level.flatten(1) for level in tokens[1:]], dim=1)  # B, L
-        loss = F.cross_entropy(torch.cat(logits, dim=1).flatten(0, 1).float(), targets.flatten())
+        loss, _ = token_cross_entropy(logits, tokens[1:])
         with torch.no_grad():
             accuracy = [
                 (level_logits.argmax(dim=-1) == level.flatten(1)).float().mean()

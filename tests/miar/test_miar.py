@@ -6,8 +6,9 @@ import torch
 from torch import nn
 
 from direct_nextaccel.core.checkpoints import CheckpointError
-from direct_nextaccel.miar.miar import MIAR, check_decoding, token_cross_entropy
+from direct_nextaccel.miar.miar import MIAR, check_decoding
 from direct_nextaccel.miar.msvqvae import MSVQVAE
+from direct_nextaccel.modules.transformer import token_cross_entropy
 
 TOKENIZER = {
     "base_channels": 8,
