@@ -10,6 +10,15 @@ the intensity-normalised images when the engine reports its normalisation), back
 Checkpoints, ``--resume`` and interrupts: :class:`~direct_nextaccel.core.resume.ResumableEngine` (a resumed run
 continues exactly as the uninterrupted one), checkpoint files through :mod:`direct_nextaccel.core.checkpoints`.
 
+Several processes (``direct train --num-gpus N``, DistributedDataParallel): DIRECT synchronises only ``engine.model``.
+Each rank seeds its random numbers from ``--seed`` and its rank when the engine is built; when training starts, rank
+0's parameters and buffers of every other module the engine trains or holds (DIRECT's additional models, a
+discriminator, a frozen tokenizer or teacher) go to every rank, and before each step of DIRECT's optimizer the
+gradients of the parameters it steps outside the DDP-wrapped model (a trainable sensitivity model) are averaged over
+the ranks (:mod:`.distributed`). The NaN/Inf checks of a training iteration are agreed by all ranks (one all-reduced
+flag each, the first before any other collective of the iteration), so a bad batch on one rank stops every rank with
+a :class:`NonFiniteError` naming the rank, file and slice, instead of leaving the others waiting in an all-reduce.
+
 Mixed precision (``--mixed-precision``): bfloat16 autocast on the engine's own device type (so CPU runs exercise the
 same path), no GradScaler (bfloat16 has float32's exponent range), TF32 for the float32 matrix products on a GPU as
 the paper trains; quantizer distances and the losses stay in float32.
@@ -27,6 +36,7 @@ from direct.utils import detach_dict, dict_to_device
 from torch import nn
 from torch.amp import GradScaler, autocast
 
+from direct_nextaccel.core import distributed
 from direct_nextaccel.core.errors import NonFiniteError
 from direct_nextaccel.core.resume import ResumableEngine
 
@@ -99,6 +109,9 @@ class PluginEngine(ResumableEngine, MRIModelEngine):
             **models,
         )
         self.device_type = torch.device(device).type
+        if distributed.is_distributed():  # DIRECT seeded only the launching process from --seed
+            seed = distributed.seed_rank()
+            self.logger.info("Rank %d seeded its random numbers with %d (from --seed).", distributed.rank(), seed)
         self._scaler = GradScaler(self.device_type, enabled=False)  # bfloat16 needs no loss scaling
         if mixed_precision and self.device_type == "cuda":
             torch.backends.cuda.matmul.allow_tf32 = True  # the paper's setting: TF32 for what stays in float32
@@ -140,6 +153,104 @@ class PluginEngine(ResumableEngine, MRIModelEngine):
     def after_evaluation(self, outputs: dict[str, Any], data: dict[str, Any]) -> None:
         """After a validation or prediction iteration. Default: nothing."""
 
+    # Several ranks (DistributedDataParallel) -------------------------------------------------------------------
+
+    def rank_synchronised_modules(self) -> dict[str, nn.Module]:
+        """Modules whose parameters and buffers rank 0 sends to every rank when training starts: DIRECT's additional
+        models and every module attribute of the engine (a discriminator, a frozen tokenizer or teacher), each once.
+        The model itself is left out: DistributedDataParallel broadcast it when DIRECT wrapped it."""
+        skip = {id(self.model), id(self.network)}
+        found: dict[str, nn.Module] = {}
+        candidates = [(f"models.{name}", module) for name, module in self.models.items()]
+        candidates += [(name, value) for name, value in vars(self).items()]
+        for name, module in candidates:
+            if isinstance(module, nn.Module) and id(module) not in skip:
+                found[name] = module
+                skip.add(id(module))
+        return found
+
+    def check_finite_on_all_ranks(
+        self, tensors: Mapping[str, torch.Tensor], data: Mapping[str, Any], training: bool, first: bool = False
+    ) -> None:
+        """:func:`check_finite`, agreed by every rank in a training iteration under DistributedDataParallel.
+
+        Every rank checks its own batch, then one all-reduced flag says whether any rank found a NaN/Inf; if one did,
+        every rank raises :class:`NonFiniteError` with the message of each rank that found one (rank, tensor, file and
+        slice), so no rank is left waiting in a later all-reduce. ``first`` marks the first check of the iteration
+        (before any other collective of it): its all-reduce also agrees on a pending interrupt
+        (:meth:`~.resume.ResumableEngine.agree_on_interrupt`). Evaluation checks stay per rank (the ranks' validation
+        shards differ in length, so there is no common point to agree at).
+        """
+        if not (training and distributed.is_distributed()):
+            check_finite(tensors, data, training)
+            return
+        error = None
+        try:
+            check_finite(tensors, data, training)
+        except NonFiniteError as found:
+            error = found
+        flags = [error is not None]
+        if first:
+            flags.append(self._interrupt_pending)
+        agreed = distributed.any_rank(flags, self.device)
+        if first:
+            self.agree_on_interrupt(agreed[1])
+        if not agreed[0]:
+            return
+        messages = distributed.gather_objects(None if error is None else str(error))
+        found = [f"rank {index} of {len(messages)}: {text}" for index, text in enumerate(messages) if text]
+        message = "; ".join(found) + "; every rank stopped"
+        self.logger.error("%s", message)
+        raise NonFiniteError(message) from error
+
+    def train(self, optimizer, lr_scheduler, training_datasets, experiment_directory, *args, **kwargs):
+        """DIRECT's training; under DistributedDataParallel, refuses up front fewer validation volumes than ranks
+        (DIRECT's validation sampler would crash at the first validation, after training up to it)."""
+        validation = kwargs.get("validation_datasets", args[0] if args else None)
+        ranks = distributed.world_size()
+        for dataset in validation or []:
+            volumes = len(getattr(dataset, "volume_indices", None) or {})
+            if ranks > 1 and 0 < volumes < ranks:
+                name = getattr(dataset, "text_description", None) or type(dataset).__name__
+                raise ValueError(
+                    f"validation dataset {name!r} has {volumes} volumes for {ranks} processes: DIRECT gives each "
+                    "process whole volumes and crashes at validation when one gets none; validate on at least as many "
+                    "volumes as processes"
+                )
+        return super().train(optimizer, lr_scheduler, training_datasets, experiment_directory, *args, **kwargs)
+
+    def training_loop(self, *args, **kwargs):
+        """DIRECT's training loop, after rank 0's state of :meth:`rank_synchronised_modules` has reached every rank,
+        with the gradients outside the DDP-wrapped model that DIRECT's optimizer steps averaged before each step.
+        DataParallel (DIRECT's choice for one process seeing several GPUs) is refused."""
+        if isinstance(self.model, nn.DataParallel):
+            raise ValueError(
+                f"{torch.cuda.device_count()} GPUs are visible to a single-process run, so DIRECT wrapped the model "
+                "in DataParallel, whose per-batch replicas drop what the plugin's engines keep on their modules "
+                "between the forward pass and the update (codebook EMA statistics): use --num-gpus N for "
+                "DistributedDataParallel, or expose one GPU (CUDA_VISIBLE_DEVICES=0)"
+            )
+        hook = None
+        if distributed.is_distributed():
+            modules = self.rank_synchronised_modules()
+            count = distributed.broadcast_modules(modules.values())
+            self.logger.info("Rank 0's state of %s (%d tensors) sent to every rank.", sorted(modules), count)
+            inside = {id(parameter) for parameter in self.network.parameters()}
+            optimizer = self._require_optimizer()
+            outside = [
+                parameter
+                for group in optimizer.param_groups
+                for parameter in group["params"]
+                if parameter.requires_grad and id(parameter) not in inside
+            ]
+            if outside:
+                hook = optimizer.register_step_pre_hook(lambda *_: distributed.average_gradients(outside))
+        try:
+            return super().training_loop(*args, **kwargs)
+        finally:
+            if hook is not None:
+                hook.remove()
+
     def forward_function(self, data: dict[str, Any]) -> tuple[torch.Tensor | None, None]:
         """DIRECT's hook: the reconstruction (B, H, W, 2), or None when the iteration reconstructs nothing."""
         return self.iteration_outputs(data).get("output_image"), None
@@ -149,14 +260,16 @@ class PluginEngine(ResumableEngine, MRIModelEngine):
         data = dict_to_device(data, self.device)
         for module in self.frozen_modules:
             module.eval()
-        check_finite({name: data[name] for name in self.CHECKED_INPUTS if name in data}, data, training)
+        self.check_finite_on_all_ranks(
+            {name: data[name] for name in self.CHECKED_INPUTS if name in data}, data, training, first=True
+        )
         with autocast(self.device_type, dtype=torch.bfloat16, enabled=self.mixed_precision):
             data["sensitivity_map"] = self.compute_sensitivity_map(data["sensitivity_map"])
             outputs = self.iteration_outputs(data)
         output_image = outputs.get("output_image")
         if output_image is not None:
             output_image = torch.linalg.vector_norm(output_image.float(), dim=-1)  # B, H, W
-            check_finite({"reconstruction": output_image}, data, training)
+            self.check_finite_on_all_ranks({"reconstruction": output_image}, data, training)
         loss_outputs, loss_data = dict(outputs), data
         factor = outputs.get(INTENSITY_KEY)
         if output_image is not None:
@@ -170,7 +283,7 @@ class PluginEngine(ResumableEngine, MRIModelEngine):
         )
         if training:
             loss = sum(loss_dict.values()) + sum(regularizer_dict.values())
-            check_finite({"loss": loss}, data, training)
+            self.check_finite_on_all_ranks({"loss": loss}, data, training)
             loss.backward()
             self.after_backward(outputs, data)
         else:

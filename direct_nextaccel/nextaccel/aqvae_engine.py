@@ -177,6 +177,8 @@ class AQVAEEngine(TokenizerEngine):
             backbone=config.discriminator_backbone, weights_path=config.discriminator_weights
         ).to(self.device)
         # Registered after DIRECT built its optimizer: saved in checkpoints, stepped only by its own optimizer.
+        # Several ranks: each builds its own (random heads, and a random ViT with vit_random); rank 0's reaches every
+        # rank when training starts (PluginEngine.training_loop) and discriminator_step averages its gradients.
         self.models["discriminator"] = self.discriminator
         self.discriminator_optimizer = build_discriminator_optimizer(
             self.discriminator, lr=config.discriminator_lr, weight_decay=config.discriminator_weight_decay
