@@ -27,6 +27,11 @@ engine, adds what is missing, all through hooks DIRECT offers:
   the checkpoint of the finished iteration; inside an iteration it writes none). An exception inside an iteration
   writes no checkpoint either: ``--resume`` continues from the last complete one.
 
+Several ranks (DistributedDataParallel): every rank's random states are checkpointed (gathered to rank 0, which
+writes the file) and each rank takes back its own on ``--resume`` with the same number of processes; an interrupt
+received by any rank is agreed by all of them at the start of an iteration (:meth:`ResumableEngine.agree_on_interrupt`)
+so that they finish the same iteration and stop together, and the checkpoint holds it.
+
 What stays outside: random numbers drawn by dataset transforms inside DataLoader worker processes (``--num-workers``
 > 0), which restart from the workers' seeds on resume. The plugin's configs draw none there (masks are seeded per
 file, ``use_seed: true``).
@@ -50,6 +55,7 @@ from direct.exceptions import ProcessKilledException
 from direct.utils import communication
 from torch.utils.data import Sampler
 
+from direct_nextaccel.core import distributed
 from direct_nextaccel.core.checkpoints import PluginCheckpointer
 
 __all__ = [
@@ -229,7 +235,9 @@ class ResumableEngine:
     _training_sampler: ResumableBatchSampler | None = None
     _in_training = False
     _interrupted = False
+    _interrupt_pending = False  # under several ranks: received here, not yet agreed by all of them
     _interrupts_deferred = False
+    _rank_states: tuple[int, list[dict[str, Any]]] | None = None  # (iteration, every rank's random state)
     _iteration: int | None = None  # the iteration whose batch was fetched last
     _completed: int | None = None  # the last iteration whose update is done
     _saved_iteration: int | None = None  # the last model_<N>.pt this process wrote
@@ -254,16 +262,31 @@ class ResumableEngine:
     def _generators(self) -> dict[str, torch.Generator]:
         return {name: value for name, value in vars(self).items() if isinstance(value, torch.Generator)}
 
-    def training_state(self) -> dict[str, Any]:
-        """The state the next iteration starts from, besides DIRECT's entries (called when a checkpoint is saved)."""
-        state: dict[str, Any] = {
-            "version": STATE_VERSION,
+    def _random_states(self) -> dict[str, Any]:
+        return {
             "random": capture_random_state(self.device),
             "generators": {name: generator.get_state() for name, generator in self._generators().items()},
         }
+
+    def training_state(self) -> dict[str, Any]:
+        """The state the next iteration starts from, besides DIRECT's entries (called when a checkpoint is saved).
+
+        Under several ranks also ``world_size`` and ``ranks``: every rank's random states (:meth:`_gather_ranks`), when
+        they were gathered for the iteration this checkpoint holds."""
+        state: dict[str, Any] = {"version": STATE_VERSION, **self._random_states()}
         if self._training_sampler is not None and self._completed is not None:
             state["data"] = self._training_sampler.state(self._completed + 1)
+        if distributed.is_distributed():
+            state["world_size"] = distributed.world_size()
+            if self._rank_states is not None and self._rank_states[0] == self._completed:
+                state["ranks"] = self._rank_states[1]
         return state
+
+    def _gather_ranks(self) -> None:
+        """Every rank's random states, gathered on every rank (all ranks call this at the same iteration, before a
+        checkpoint of it is saved: rank 0 writes them)."""
+        if distributed.is_distributed():
+            self._rank_states = (self._completed, distributed.gather_objects(self._random_states()))
 
     def restore_training_state(self, state: dict[str, Any] | None, path: Path) -> None:
         """Take the training state of the checkpoint ``path`` that ``--resume`` loaded (None: it has none)."""
@@ -278,6 +301,26 @@ class ResumableEngine:
     def _restore_resumed_random_state(self) -> None:
         state, self._resume_state = self._resume_state, None
         if not state:
+            return
+        ranks, world_size = state.get("ranks"), state.get("world_size", 1)
+        reseed = False
+        if ranks is not None and len(ranks) == distributed.world_size():
+            state = {**state, **ranks[distributed.rank()]}  # this rank's own states
+        elif world_size != distributed.world_size():
+            logger.warning(
+                "The checkpoint was written by a run of %d processes, this one has %d: the data order and the random "
+                "numbers differ from those of an uninterrupted run.",
+                world_size,
+                distributed.world_size(),
+            )
+            reseed = distributed.is_distributed()  # rank 0's states on every rank would repeat one stream N times
+        elif distributed.is_distributed():
+            logger.warning("The checkpoint holds rank 0's random states alone: every rank draws new random numbers.")
+            reseed = True
+        if reseed:
+            seed = distributed.seed_rank()
+            for index, generator in enumerate(self._generators().values()):
+                generator.manual_seed(distributed.rank_seed(seed, index))
             return
         restore_random_state(state["random"], self.device)
         generators = self._generators()
@@ -295,8 +338,9 @@ class ResumableEngine:
         """DIRECT's training, with this module's interrupt handling."""
         self._resume_state = None
         self._training_sampler = None
-        self._interrupted = self._interrupts_deferred = False
+        self._interrupted = self._interrupt_pending = self._interrupts_deferred = False
         self._iteration = self._completed = self._saved_iteration = None
+        self._rank_states = None
         self._in_training = True
         previous = {}
         if threading.current_thread() is threading.main_thread():
@@ -336,7 +380,22 @@ class ResumableEngine:
 
     def checkpoint_model_at_interval(self, iter_idx, total_iter):
         self._completed = iter_idx  # called right after the iteration's update
+        if distributed.is_distributed() and self._checkpoint_due(iter_idx, total_iter):
+            self._gather_ranks()
         super().checkpoint_model_at_interval(iter_idx, total_iter)
+        gathered = self._rank_states is not None and self._rank_states[0] == iter_idx
+        if self._saved_iteration == iter_idx and distributed.is_distributed() and not gathered:
+            logger.warning(
+                "Checkpoint %d holds rank 0's random states alone (DIRECT saved when this engine did not expect it): "
+                "a run resumed from it draws new random numbers on every rank.",
+                iter_idx,
+            )
+
+    def _checkpoint_due(self, iter_idx: int, total_iter: int) -> bool:
+        """DIRECT's rule (``Engine.checkpoint_model_at_interval``): from iteration 5, every ``checkpoint_steps``
+        and at the last iteration."""
+        steps = self.cfg.training.checkpointer.checkpoint_steps
+        return iter_idx >= 5 and (iter_idx % steps == 0 or iter_idx + 1 == total_iter)
 
     def checkpoint_and_write_to_logs(self, iter_idx):
         """DIRECT's checkpoint when an iteration fails or is killed inside: not written here, since it would hold a
@@ -382,7 +441,17 @@ class ResumableEngine:
 
     def _on_stop_signal(self, number, frame) -> None:
         name = signal.Signals(number).name
-        if self._interrupts_deferred and not self._interrupted:
+        if self._interrupts_deferred and not (self._interrupted or self._interrupt_pending):
+            if distributed.is_distributed():
+                self._interrupt_pending = True  # every rank stops after the same iteration: agree_on_interrupt
+                logger.warning(
+                    "Received %s: every rank finishes the iteration all of them have started when they agree on it "
+                    "(this one, %s, or the next), then a checkpoint is saved and the run stops. Send it again to stop "
+                    "at once.",
+                    name,
+                    self._iteration,
+                )
+                return
             self._interrupted = True
             logger.warning(
                 "Received %s: finishing iteration %s (and its checkpoint and validation, if due), then saving a "
@@ -394,10 +463,21 @@ class ResumableEngine:
         logger.info("Received %s: stopping.", name)
         raise ProcessKilledException(number, name)
 
+    def agree_on_interrupt(self, any_rank_pending: bool) -> None:
+        """Under several ranks, at the first check of each training iteration: whether any rank has received a stop
+        signal (one all-reduce, :meth:`~.engine.PluginEngine.check_finite_on_all_ranks`). If one has, every rank
+        finishes this iteration and stops before the next, so all of them write the same checkpoint and none waits
+        in an all-reduce that the others have left."""
+        if any_rank_pending and not self._interrupted:
+            self._interrupted = True
+            logger.warning("A rank received a stop signal: every rank stops after iteration %s.", self._iteration)
+
     def _stop(self) -> None:
         """Write the checkpoint of the last complete iteration (unless written already) and leave, as DIRECT does."""
         completed = self._completed
         if completed is not None and completed != self._saved_iteration:
+            if distributed.is_distributed():
+                self._gather_ranks()
             self._require_checkpointer().save(completed)
         if completed is not None:
             logger.info(
