@@ -19,6 +19,14 @@ four entry-point groups that any installed package can use:
     ``name = "module:function"``: usable in ``training.loss.losses`` by every :class:`MRIModelEngine`. The function
     has DIRECT's loss signature ``(source, target, reduction, reconstruction_size)``.
 
+A model's configuration dataclass (``<Cls>Config``) may also declare, in a class attribute
+``ENGINE_KEYS: ClassVar[tuple[str, ...]]`` (collected over its base classes), the keys its engine reads rather than
+the model's constructor. DIRECT builds every model from the constructor's keys and warns "Dropping unknown constructor
+arguments ... may be misspelled" for all the others; with the hook it warns only for keys nobody reads: not for
+declared engine keys, nor for those DIRECT itself reads or adds (``model_name``, ``engine_name``,
+``forward_operator``, ``backward_operator``). A key the YAML misspells never gets that far: DIRECT's merge into the
+structured config refuses it, naming the key.
+
 Nothing is discovered and nothing heavy is imported until a ``direct.*`` module that needs it is imported: the
 only start-up cost is putting one finder on :data:`sys.meta_path`.
 """
@@ -40,6 +48,10 @@ _SUBSAMPLE = "direct.common.subsample"
 _DATASETS = "direct.data.datasets"
 _DATASETS_CONFIG = "direct.data.datasets_config"
 _MRI_MODELS = "direct.nn.mri_models"
+_ENVIRONMENT = "direct.environment"
+
+DIRECT_MODEL_KEYS = frozenset({"model_name", "engine_name", "forward_operator", "backward_operator"})
+"""Model keys DIRECT reads itself (the class and engine names) or adds to every model's (its operators)."""
 
 
 class PluginRegistry:
@@ -221,7 +233,7 @@ class _PatchingLoader:
 
 
 class DirectPluginFinder:
-    """Meta-path finder that resolves plugin aliases and patches four DIRECT modules after they load."""
+    """Meta-path finder that resolves plugin aliases and patches five DIRECT modules after they load."""
 
     def find_spec(self, fullname: str, path=None, target=None):
         if not fullname.startswith("direct."):
@@ -303,6 +315,58 @@ def _patch_mri_models(module: ModuleType) -> None:
     engine_cls.build_loss = build_loss
 
 
+def engine_keys(config_class: type | None) -> frozenset[str]:
+    """The keys a model configuration dataclass declares as its engine's: ``ENGINE_KEYS`` of it and its bases."""
+    keys: set[str] = set()
+    for cls in getattr(config_class, "__mro__", ()):
+        keys.update(vars(cls).get("ENGINE_KEYS", ()))
+    return frozenset(keys)
+
+
+_ENGINE_KEYS_OF_MODEL: dict[type, frozenset[str]] = {}
+"""Model class -> the engine keys of its configuration class, recorded when DIRECT builds the model."""
+
+
+def _patch_environment(module: ModuleType) -> None:
+    """Keep DIRECT's unknown-constructor-argument warning to the keys nobody reads.
+
+    ``initialize_models_from_config`` learns each model's configuration class (the merged config node is typed with
+    it) and ``filter_arguments_by_signature``, as DIRECT's environment calls it, leaves the keys read elsewhere out of
+    the warning only; what the constructor receives is unchanged.
+    """
+    original_initialize = module.initialize_models_from_config
+    if getattr(original_initialize, "_direct_nextaccel", False):
+        return
+    original_filter = module.filter_arguments_by_signature
+
+    def initialize_models_from_config(cfg, models, *args, **kwargs):
+        from omegaconf import OmegaConf
+
+        nodes = {"model": cfg.model, **dict(cfg.get("additional_models") or {})}
+        for name, node in nodes.items():
+            if name in models and OmegaConf.is_config(node):
+                _ENGINE_KEYS_OF_MODEL[models[name]] = engine_keys(OmegaConf.get_type(node))
+        return original_initialize(cfg, models, *args, **kwargs)
+
+    def filter_arguments_by_signature(func, kwargs, *, warn_dropped: bool = False):
+        if not warn_dropped:
+            return original_filter(func, kwargs)
+        accepted = original_filter(func, kwargs)
+        read = DIRECT_MODEL_KEYS | _ENGINE_KEYS_OF_MODEL.get(func, frozenset())
+        unread = {key: value for key, value in kwargs.items() if key in accepted or key not in read}
+        return original_filter(func, unread, warn_dropped=True)
+
+    for wrapper, original in (
+        (initialize_models_from_config, original_initialize),
+        (filter_arguments_by_signature, original_filter),
+    ):
+        wrapper._direct_nextaccel = True
+        wrapper.__doc__ = original.__doc__
+        wrapper.__wrapped__ = original
+    module.initialize_models_from_config = initialize_models_from_config
+    module.filter_arguments_by_signature = filter_arguments_by_signature
+
+
 def build_loss_with_plugins(engine, builtin_build_loss) -> dict:
     """Build DIRECT's own losses, then the plugin ones, keeping the YAML order and DIRECT's key handling.
 
@@ -378,6 +442,7 @@ _PATCHES = {
     _MRI_MODELS: _patch_mri_models,
     _DATASETS: _patch_datasets,
     _DATASETS_CONFIG: _patch_datasets_config,
+    _ENVIRONMENT: _patch_environment,
 }
 _FINDER = DirectPluginFinder()
 

@@ -12,6 +12,7 @@ MSVQ-VAE's config and the MIAR transformer's (which holds the frozen tokenizer a
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 from direct.config.defaults import ModelConfig
 
@@ -83,6 +84,9 @@ class MSVQVAEConfig(LRScheduleOptions, MSVQVAEShape, ModelConfig):
 @dataclass
 class MIARConfig(DecodingOptions, LRScheduleOptions, MSVQVAEShape, ModelConfig):
     """MIAR transformer (paper section 3.2-3.3 and appendix A)."""
+
+    # Keys the MIAREngine reads, not the model (besides the mixins'): DIRECT does not warn that the model drops them.
+    ENGINE_KEYS: ClassVar[tuple[str, ...]] = ("tokenizer_checkpoint", "lr_blur_sigma")
 
     depth: int = 4
     embed_dim: int = 1024

@@ -34,7 +34,7 @@ import typing
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any
+from typing import Any, ClassVar
 
 from omegaconf import OmegaConf
 
@@ -181,6 +181,8 @@ class DecodingOptions(CheckedConfig):
     the ``beam_k`` in 1..3 least confident tokens, confidence margin weight ``beam_alpha``).
     """
 
+    ENGINE_KEYS: ClassVar[tuple[str, ...]] = ("decoding", "temperature", "top_k", "top_p", "beam_k", "beam_alpha")
+
     decoding: Decoding = Decoding.argmax
     temperature: float = 1.0
     top_k: int = 0
@@ -195,6 +197,8 @@ class DecodingOptions(CheckedConfig):
 @dataclass
 class LRScheduleOptions(CheckedConfig):
     """The engine's learning-rate schedule: ``lr_schedule`` (see :class:`LRSchedule`) decaying to ``min_lr``."""
+
+    ENGINE_KEYS: ClassVar[tuple[str, ...]] = ("lr_schedule", "min_lr")
 
     lr_schedule: LRSchedule = LRSchedule.direct
     min_lr: float = 0.0

@@ -14,6 +14,7 @@ checks the values against the tokenizer checkpoint's ``config.yaml`` when it loa
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 from direct.config.defaults import ModelConfig
 
@@ -113,6 +114,20 @@ def _check_center_fraction(value: float) -> None:
 class AQVAEConfig(LRScheduleOptions, AQVAEShape, ModelConfig):
     """AQ-VAE tokenizer (paper section 4.1 and supplement section 9)."""
 
+    # Keys the AQVAEEngine reads, not the model (besides the mixins'): DIRECT does not warn that the model drops them.
+    ENGINE_KEYS: ClassVar[tuple[str, ...]] = (
+        "mask_families",
+        "mask_center_fraction",
+        "output_levels",
+        "var_init",
+        "var_checkpoint",
+        "discriminator_backbone",
+        "discriminator_weights",
+        "discriminator_lr",
+        "discriminator_weight_decay",
+        "discriminator_grad_clip",
+    )
+
     quant_resi: float = 0.5
     beta: float = 0.25
     ema_decay: float = 0.99
@@ -173,6 +188,22 @@ class NextAccelConfig(DecodingOptions, LRScheduleOptions, AQVAEShape, ModelConfi
     ``additional_models`` entry, which has the same ``model_name``. The tokenizer's architecture keys come from
     :class:`AQVAEShape` and must match ``tokenizer_checkpoint``.
     """
+
+    # Keys the three engines read, not the model (besides the mixins'): DIRECT does not warn that the model drops them.
+    ENGINE_KEYS: ClassVar[tuple[str, ...]] = (
+        "tokenizer_checkpoint",
+        "tokenizer_quant_resi",
+        "mask_family",
+        "mask_center_fraction",
+        "training_masks",
+        "data_consistency",
+        "write_uncertainty",
+        "adam_betas",
+        "prefix_noise_fraction",
+        "prefix_noise",
+        "teacher_checkpoint",
+        "rollout",
+    )
 
     depth: int = 16
     embed_dim: int = 1024
