@@ -63,7 +63,7 @@ def merged(config_class, **values):
         (MSVQVAEConfig, "lr_schedule", "exponential", "linear, cosine, direct"),
         (AQVAEConfig, "lr_schedule", "step", "linear, cosine, direct"),
         (NextAccelConfig, "training_masks", "random", "file, fresh"),
-        (NextAccelConfig, "prefix_noise", "gaussian", "uniform, self, mixed"),
+        (NextAccelConfig, "prefix_noise", "gaussian", "uniform, self, mixed, base_rollout"),
         (NextAccelConfig, "mask_family", "spiral", "cartesian_x, cartesian_y, gaussian2d, radial"),
         (NextAccelConfig, "mask_family", "NestedRadial", "cartesian_x, cartesian_y, gaussian2d, radial"),
         (AQVAEConfig, "var_init", "imagenet", "var, none"),

@@ -70,11 +70,17 @@ class TrainingMasks(Choice):
 
 
 class PrefixNoise(Choice):
-    """``model.prefix_noise`` of the teacher (``distillation_engine.PREFIX_NOISE``)."""
+    """``model.prefix_noise`` of the teacher (``distillation_engine.PREFIX_NOISE``): what replaces a prefix token.
+
+    ``uniform``: a random code; ``self``: the teacher's own teacher-forced argmax prediction; ``mixed``: either, half
+    and half; ``base_rollout``: the token of a frozen base NextAccel's own rollout from the R = 32 input
+    (``model.prefix_model_checkpoint``, ``model.prefix_rollout``), i.e. the errors a student makes at inference.
+    """
 
     uniform = "uniform"
     self = "self"
     mixed = "mixed"
+    base_rollout = "base_rollout"
 
 
 @dataclass
@@ -201,6 +207,8 @@ class NextAccelConfig(DecodingOptions, LRScheduleOptions, AQVAEShape, ModelConfi
         "adam_betas",
         "prefix_noise_fraction",
         "prefix_noise",
+        "prefix_model_checkpoint",
+        "prefix_rollout",
         "teacher_checkpoint",
         "rollout",
     )
@@ -241,13 +249,22 @@ class NextAccelConfig(DecodingOptions, LRScheduleOptions, AQVAEShape, ModelConfi
     min_lr: float = 0.0
     adam_betas: tuple[float, float] | None = (0.9, 0.95)
     # TeacherEngine: fraction of the tokens of levels R16..R2 replaced in teacher forcing, by uniform random codes,
-    # by the model's own argmax predictions ("self") or by either, half and half ("mixed").
+    # by the model's own argmax predictions ("self"), by either, half and half ("mixed"), or by the tokens of a frozen
+    # base model's own rollout from the R32 input ("base_rollout": the errors a student makes). The paper says only
+    # "randomized prefix tokens"; kind and fraction are this project's choice.
     prefix_noise_fraction: float = 0.0
     prefix_noise: PrefixNoise = PrefixNoise.uniform
+    # prefix_noise "base_rollout": the base NextAccel's checkpoint (architecture: `additional_models.prefix_model`;
+    # loaded frozen, in no optimizer and no checkpoint) and how it rolls out: multinomial (as the paper's student
+    # samples), argmax or top_k_top_p, with temperature/top_k/top_p.
+    prefix_model_checkpoint: str | None = None
+    prefix_rollout: SamplingMode = SamplingMode.multinomial
     # DistillationEngine: the privileged teacher's checkpoint (its architecture is `additional_models.teacher`) and
-    # how the student rolls out its prefixes: argmax (paper), multinomial or top_k_top_p (temperature/top_k/top_p).
+    # how the student rolls out its prefixes: multinomial (paper: "feeding each sampled token back"; softmax of
+    # logits / temperature), argmax, or top_k_top_p (temperature/top_k/top_p). Sampling draws from a generator of the
+    # engine that checkpoints hold, so a resumed run samples what the uninterrupted one would.
     teacher_checkpoint: str | None = None
-    rollout: SamplingMode = SamplingMode.argmax
+    rollout: SamplingMode = SamplingMode.multinomial
 
     def _check(self) -> None:
         for key in ("depth", "embed_dim", "num_heads"):

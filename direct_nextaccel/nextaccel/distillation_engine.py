@@ -2,24 +2,34 @@
 
 ``TeacherEngine`` trains a :class:`NextAccel` with ``privileged_context: true``: its cross-attention context also holds
 the fully sampled image, and teacher forcing runs on *randomized prefixes* (a fraction of the R16 ... R2 tokens is
-replaced by random codes and/or the model's own predictions, while the targets stay the tokenizer's), so that the
-teacher learns to correct a wrong history from the context instead of copying it. The R32 tokens are never
+replaced, while the targets stay the tokenizer's), so that the teacher learns to correct a wrong history from the
+context instead of copying it. ``model.prefix_noise`` says what replaces a token: a random code, the teacher's own
+prediction, either, or (``base_rollout``) the token of a frozen base NextAccel's own rollout from the R32 input, the
+kind of error the student will make in the prefixes distillation shows the teacher. The R32 tokens are never
 replaced: at inference they are the tokenizer's encoding of the measurement, exact by construction.
 
 ``DistillationEngine`` post-trains a base student. For each batch the student rolls out Q16 ... Q_FS from the R32
-input alone (eval mode, no gradient, argmax by default); on exactly that rollout the student (with gradient) and the
-frozen teacher (which also sees the fully sampled image) predict every next level, and the loss is the reverse KL
-``KL(student || teacher)`` of eq. 4 (:func:`reverse_kl`). Validation and ``direct predict`` are the base model's:
-a distilled checkpoint is used with ``NextAccelEngine`` like any other.
+input alone (eval mode, no gradient), by default sampling each token and feeding it back as the paper's student does
+(``model.rollout: multinomial``; ``argmax`` and ``top_k_top_p`` are options); on exactly that rollout the student
+(with gradient) and the frozen teacher (which also sees the fully sampled image) predict every next level, and the
+loss is the reverse KL ``KL(student || teacher)`` of eq. 4 (:func:`reverse_kl`). Validation and ``direct predict``
+are the base model's: a distilled checkpoint is used with ``NextAccelEngine`` like any other.
+
+Sampled rollouts draw from a ``torch.Generator`` of the engine (``_rollout_generator``, the teacher's
+``_prefix_generator``), seeded from the run's seed (each rank's own under DistributedDataParallel) and saved in every
+checkpoint with the other random states (:mod:`direct_nextaccel.core.resume`), so ``--resume`` samples exactly what
+the uninterrupted run samples.
 
 The teacher is ``additional_models.teacher`` so that DIRECT builds it from its configuration; the engine takes it out
 of ``self.models`` at construction, before DIRECT's ``train`` builds the optimizer from the engine's models, so it is
 in no optimizer group, never switched to train mode and never saved in the student's checkpoints. Its weights come
-from ``model.teacher_checkpoint`` (DIRECT would not load them).
+from ``model.teacher_checkpoint`` (DIRECT would not load them). The teacher's base model for ``base_rollout``
+prefixes is handled the same way: ``additional_models.prefix_model``, weights from ``model.prefix_model_checkpoint``.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from typing import Any, ClassVar
 
@@ -30,10 +40,23 @@ from direct_nextaccel.masks.nested import LEVELS
 from direct_nextaccel.modules.options import validate_model_config
 from direct_nextaccel.nextaccel.config import NextAccelConfig
 from direct_nextaccel.nextaccel.nextaccel import NextAccel
-from direct_nextaccel.nextaccel.tokenizer_loading import check_student_start, load_teacher
+from direct_nextaccel.nextaccel.tokenizer_loading import check_student_start, load_prefix_model, load_teacher
 from direct_nextaccel.nextaccel.transformer_engine import NextAccelEngine
 
-PREFIX_NOISE = ("uniform", "self", "mixed")
+logger = logging.getLogger(__name__)
+
+PREFIX_NOISE = ("uniform", "self", "mixed", "base_rollout")
+"""Kinds of prefix randomization (``model.prefix_noise``), see :func:`randomize_prefix`."""
+
+ROLLOUT_SEED_OFFSET = 1
+PREFIX_SEED_OFFSET = 2
+"""Offsets added to the process's torch seed for the engines' own sampling generators, so that their streams differ
+from the mask generator's (seeded with the torch seed itself)."""
+
+
+def engine_generator(device: torch.device | str, offset: int) -> torch.Generator:
+    """A generator on ``device`` seeded from the process's torch seed (``--seed``, each rank's own under DDP)."""
+    return torch.Generator(device=device).manual_seed((torch.initial_seed() + offset) % 2**63)
 
 
 def reverse_kl(student_logits: Sequence[Tensor], teacher_logits: Sequence[Tensor]) -> tuple[Tensor, list[Tensor]]:
@@ -77,8 +100,10 @@ def randomize_prefix(
     """Replace a random ``fraction`` of the tokens of levels 1 .. L-2 (R16 ... R2) for teacher forcing.
 
     Every token of those levels is replaced with probability ``fraction`` (independently) by a uniform random code
-    (``"uniform"``), by the model's own prediction of it (``"self"``), or by either with equal chance (``"mixed"``).
-    Level 0 (R32, always exact at inference) and the last level (only a target) are returned unchanged.
+    (``"uniform"``), by the model's own prediction of it (``"self"``), by either with equal chance (``"mixed"``), or by
+    the token at the same position of a base model's rollout (``"base_rollout"``; ``predictions`` are then that
+    rollout's tokens). Level 0 (R32, always exact at inference) and the last level (only a target) are returned
+    unchanged.
 
     Parameters
     ----------
@@ -91,8 +116,8 @@ def randomize_prefix(
     codebook_size : int
         Vocabulary of the uniform codes.
     predictions : Sequence[Tensor], optional
-        The model's own tokens (B, g_l, g_l) for levels 1 .. L-1 (e.g. argmax of teacher-forced logits); needed by
-        ``"self"`` and ``"mixed"``.
+        Substitute tokens (B, g_l, g_l) for levels 1 .. L-1: the model's own (e.g. argmax of teacher-forced logits),
+        needed by ``"self"`` and ``"mixed"``, or a base model's rollout without its Q32, needed by ``"base_rollout"``.
     generator : torch.Generator, optional
         On the tokens' device.
     """
@@ -101,11 +126,22 @@ def randomize_prefix(
     if not 0.0 <= fraction <= 1.0:
         raise ValueError(f"prefix noise fraction {fraction} is not in [0, 1]")
     if kind != "uniform" and predictions is None:
-        raise ValueError(f"prefix noise {kind!r} needs the model's own predictions")
+        what = "the base model's rollout tokens" if kind == "base_rollout" else "the model's own predictions"
+        raise ValueError(f"prefix noise {kind!r} needs {what}")
+    if predictions is not None:
+        shapes = [tuple(t.shape) for t in tokens[1:]]
+        if [tuple(t.shape) for t in predictions] != shapes:
+            raise ValueError(
+                f"substitute tokens {[tuple(t.shape) for t in predictions]} do not match the token maps {shapes} "
+                "of levels 1 .."
+            )
     noisy = [tokens[0]]
     for level in range(1, len(tokens) - 1):
         clean = tokens[level]
         replace = torch.rand(clean.shape, generator=generator, device=clean.device) < fraction
+        if kind == "base_rollout":
+            noisy.append(torch.where(replace, predictions[level - 1], clean))
+            continue
         uniform = torch.randint(codebook_size, clean.shape, generator=generator, device=clean.device)
         if kind == "uniform":
             substitute = uniform
@@ -123,16 +159,69 @@ class TeacherEngine(NextAccelEngine):
     """DIRECT engine of the privileged teacher: ``engine_name: TeacherEngine`` with ``privileged_context: true``.
 
     Trains with ``token_cross_entropy`` on prefixes randomized by ``model.prefix_noise`` and
-    ``model.prefix_noise_fraction`` (:func:`randomize_prefix`). It needs the fully sampled k-space at validation
-    too (the teacher sees the fully sampled image there as well), so its validation is not a measure of what a
-    student can reach.
+    ``model.prefix_noise_fraction`` (:func:`randomize_prefix`). With ``prefix_noise: base_rollout`` the substitutes
+    come from a frozen base NextAccel (``additional_models.prefix_model``, the base model's architecture, weights from
+    ``model.prefix_model_checkpoint``) that rolls out from the same R32 input with ``model.prefix_rollout``
+    (``temperature``/``top_k``/``top_p``). It needs the fully sampled k-space at validation too (the teacher sees the
+    fully sampled image there as well), so its validation is not a measure of what a student can reach.
     """
 
     PRIVILEGED: ClassVar[bool] = True
 
     def __init__(self, cfg, model, device, forward_operator, backward_operator, mixed_precision=False, **models):
         # model.prefix_noise and model.prefix_noise_fraction are checked with the whole config by NextAccelEngine.
+        additional = cfg.get("additional_models", {}) or {}
+        base_prefixes = cfg.model.get("prefix_noise") == "base_rollout"
+        if base_prefixes and "prefix_model" in additional:
+            validate_model_config(additional.prefix_model, NextAccelConfig, "additional_models.prefix_model")
         super().__init__(cfg, model, device, forward_operator, backward_operator, mixed_precision, **models)
+        config = cfg.model
+        self._prefix_generator = engine_generator(device, PREFIX_SEED_OFFSET)
+        self.prefix_model: NextAccel | None = None
+        if not base_prefixes:
+            if "prefix_model" in self.models:  # kept out of DIRECT's optimizer and checkpoints all the same
+                self.models.pop("prefix_model")
+                logger.warning(
+                    "additional_models.prefix_model is not used with model.prefix_noise %r: it is neither loaded, "
+                    "trained nor saved (prefix_noise: base_rollout uses it).",
+                    str(config.prefix_noise),
+                )
+            return
+        if "prefix_model" not in self.models:
+            raise ValueError(
+                "model.prefix_noise base_rollout needs additional_models.prefix_model: {model_name: "
+                "nextaccel.nextaccel.NextAccel, privileged_context: false, ...the base model's architecture} and "
+                "model.prefix_model_checkpoint, the base model's checkpoint"
+            )
+        prefix_model = self.models.pop("prefix_model")
+        if not isinstance(prefix_model, NextAccel):
+            raise TypeError(
+                f"additional_models.prefix_model must be nextaccel.nextaccel.NextAccel, got {type(prefix_model)}"
+            )
+        self.prefix_model = load_prefix_model(
+            prefix_model,
+            additional.prefix_model,
+            config,
+            self.tokenizer.quantizer.codebook,
+            config.prefix_model_checkpoint,
+        ).to(device)
+        self.frozen.append(self.prefix_model)
+
+    def base_rollout(self, q32: Tensor, image32: Tensor, family: Tensor) -> list[Tensor]:
+        """The frozen base model's own tokens of every level from the R32 input (``model.prefix_rollout``)."""
+        config = self.cfg.model
+        if self.prefix_model is None:
+            raise ValueError("base_rollout needs model.prefix_noise base_rollout and its prefix model")
+        return self.prefix_model.generate(
+            q32,
+            image32,
+            family,
+            mode=config.prefix_rollout,
+            temperature=config.temperature,
+            top_k=config.top_k,
+            top_p=config.top_p,
+            generator=self._prefix_generator,
+        )
 
     def teacher_forcing_tokens(
         self, tokens: list[Tensor], image32: Tensor, family: Tensor, fs_image: Tensor | None
@@ -142,7 +231,9 @@ class TeacherEngine(NextAccelEngine):
         if config.prefix_noise_fraction == 0:
             return tokens
         predictions = None
-        if config.prefix_noise != "uniform":
+        if config.prefix_noise == "base_rollout":
+            predictions = self.base_rollout(tokens[0], image32, family)[1:]
+        elif config.prefix_noise != "uniform":
             with torch.no_grad():
                 logits = self.transformer(tokens, image32, family, fs_image=fs_image)
             predictions = [
@@ -165,7 +256,8 @@ class DistillationEngine(NextAccelEngine):
     the teacher's architecture), ``model.teacher_checkpoint`` and a base student to start from
     (``training.model_checkpoint`` or ``--initialization-checkpoint``). Engine loss: ``reverse_kl``; logged per
     conditioning level: ``reverse_kl_R32`` ... ``reverse_kl_R2``. ``model.rollout`` picks the student's rollout
-    decoding (argmax, multinomial or top_k_top_p with ``temperature``/``top_k``/``top_p``).
+    decoding: multinomial (the paper's sampled rollout, softmax of logits / ``temperature``, the default), argmax or
+    top_k_top_p (``top_k``/``top_p``); sampling draws from the engine's ``_rollout_generator``.
     """
 
     ENGINE_LOSSES: ClassVar[dict[str, str]] = {"reverse_kl": "reverse_kl"}
@@ -187,6 +279,7 @@ class DistillationEngine(NextAccelEngine):
             teacher, cfg.additional_models.teacher, config, self.tokenizer.quantizer.codebook, config.teacher_checkpoint
         ).to(device)
         self.frozen.append(self.teacher)
+        self._rollout_generator = engine_generator(device, ROLLOUT_SEED_OFFSET)
 
     def train(self, optimizer, lr_scheduler, training_datasets, experiment_directory, *args, **kwargs):
         """Refuse to distil into an untrained student, then train as :meth:`NextAccelEngine.train`."""
@@ -214,6 +307,7 @@ class DistillationEngine(NextAccelEngine):
                 temperature=config.temperature,
                 top_k=config.top_k,
                 top_p=config.top_p,
+                generator=self._rollout_generator,
             )
         finally:
             student.train(was_training)

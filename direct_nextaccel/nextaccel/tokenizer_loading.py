@@ -1,7 +1,8 @@
 """Frozen networks of earlier NextAccel stages, loaded from their DIRECT checkpoints with clear compatibility errors.
 
 The transformer engines depend on networks trained before them: the AQ-VAE tokenizer (and the sensitivity model it
-was trained with), and for distillation the privileged teacher. DIRECT saves each stage as ``model_N.pt`` holding
+was trained with), for distillation the privileged teacher, and for a teacher trained on a base model's rollouts
+(``prefix_noise: base_rollout``) that base model. DIRECT saves each stage as ``model_N.pt`` holding
 ``{"model": state_dict, <additional model name>: state_dict, ...}`` and writes the run's ``config.yaml`` next to
 it. Here a stage is loaded into a network built from the current configuration: every key and shape must match the
 checkpoint, and where the ``config.yaml`` is present its architecture values are compared too (they catch what a
@@ -163,12 +164,59 @@ def load_frozen_additional_model(
 
 
 TEACHER_ARCHITECTURE_KEYS = ("token_grids", "codebook_size", "latent_dim", "num_families", "in_channels", "image_size")
-"""Architecture values a distillation teacher must share with its student: the tokenizer's vocabulary and level
-schedule and the image the context encoder sees."""
+"""Architecture values a distillation teacher must share with its student (and a teacher's prefix model with the
+teacher): the tokenizer's vocabulary and level schedule and the image the context encoder sees."""
 
 TEACHER_TRAINING_KEYS = ("mask_family", "mask_center_fraction", "tokenizer_quant_resi")
-"""Values of the teacher's own training run (its ``config.yaml``) that must equal the student's: the acquisition the
-teacher learnt and the tokenizer it learnt it on."""
+"""Values of the teacher's own training run (its ``config.yaml``) that must equal the student's (and those of a
+teacher's prefix model, the teacher's): the acquisition it learnt and the tokenizer it learnt it on."""
+
+
+def _load_frozen_transformer(
+    network: nn.Module,
+    network_config: Mapping[str, Any],
+    engine_config: Mapping[str, Any],
+    codebook: torch.Tensor,
+    path: str | os.PathLike | None,
+    entry: str,
+    checkpoint_key: str,
+    privileged: bool,
+    role: str,
+) -> nn.Module:
+    """Load a frozen NextAccel of an earlier stage that shares the engine's tokens (the distillation teacher, the
+    teacher's prefix model) and check it against the engine's configuration.
+
+    Parameters
+    ----------
+    network : nn.Module
+        The ``additional_models.<entry>`` network DIRECT built (random weights).
+    network_config, engine_config : Mapping
+        ``additional_models.<entry>`` and ``model`` configurations.
+    codebook : Tensor
+        The tokenizer's codebook (V, D): the network must have been trained on the same tokens.
+    path : path or None
+        ``model.<checkpoint_key>``.
+    entry, checkpoint_key : str
+        Names for messages.
+    privileged : bool
+        Whether the network must be a privileged teacher (``privileged_context: true``) or a base model.
+    role : str
+        What the engine's own model is (``"student"``, ``"teacher"``), for messages.
+    """
+    for key in TEACHER_ARCHITECTURE_KEYS:
+        ours, theirs = plain_value(engine_config[key]), plain_value(network_config[key])
+        if ours != theirs:
+            raise ValueError(f"additional_models.{entry} has {key}={theirs!r}, the {role} model has {ours!r}")
+    checkpoint = load_checkpoint(path, checkpoint_key)
+    what = f"model.{checkpoint_key} {str(path)!r}"
+    expected = {key: engine_config[key] for key in (*TEACHER_ARCHITECTURE_KEYS, *TEACHER_TRAINING_KEYS)}
+    check_run_config(
+        path, {"model_name": "nextaccel.nextaccel.NextAccel", "privileged_context": privileged, **expected}, what
+    )
+    load_frozen(network, checkpoint["model"], what)
+    if not torch.equal(network.codebook.cpu(), codebook.detach().cpu()):
+        raise ValueError(f"{what} has another codebook than model.tokenizer_checkpoint: trained with another tokenizer")
+    return network
 
 
 def load_teacher(
@@ -202,20 +250,62 @@ def load_teacher(
             "additional_models.teacher has privileged_context false: distillation needs the privileged teacher, "
             "which also sees the fully sampled image (train it with engine_name: TeacherEngine)"
         )
-    for key in TEACHER_ARCHITECTURE_KEYS:
-        ours, theirs = plain_value(student_config[key]), plain_value(teacher_config[key])
-        if ours != theirs:
-            raise ValueError(f"additional_models.teacher has {key}={theirs!r}, the student model has {ours!r}")
-    checkpoint = load_checkpoint(path, "teacher_checkpoint")
-    what = f"model.teacher_checkpoint {str(path)!r}"
-    expected = {key: student_config[key] for key in (*TEACHER_ARCHITECTURE_KEYS, *TEACHER_TRAINING_KEYS)}
-    check_run_config(
-        path, {"model_name": "nextaccel.nextaccel.NextAccel", "privileged_context": True, **expected}, what
+    return _load_frozen_transformer(
+        teacher,
+        teacher_config,
+        student_config,
+        codebook,
+        path,
+        "teacher",
+        "teacher_checkpoint",
+        privileged=True,
+        role="student",
     )
-    load_frozen(teacher, checkpoint["model"], what)
-    if not torch.equal(teacher.codebook.cpu(), codebook.detach().cpu()):
-        raise ValueError(f"{what} has another codebook than model.tokenizer_checkpoint: trained with another tokenizer")
-    return teacher
+
+
+def load_prefix_model(
+    prefix_model: nn.Module,
+    prefix_config: Mapping[str, Any],
+    teacher_config: Mapping[str, Any],
+    codebook: torch.Tensor,
+    path: str | os.PathLike | None,
+) -> nn.Module:
+    """Load the frozen base NextAccel whose own rollouts randomize the teacher's prefixes (``prefix_noise:
+    base_rollout``) and freeze it.
+
+    Parameters
+    ----------
+    prefix_model : nn.Module
+        The ``additional_models.prefix_model`` network DIRECT built (random weights).
+    prefix_config, teacher_config : Mapping
+        ``additional_models.prefix_model`` and the teacher's ``model`` configurations.
+    codebook : Tensor
+        The tokenizer's codebook (V, D): the base model must have been trained on the same tokens.
+    path : path or None
+        ``model.prefix_model_checkpoint``: a base (or distilled) NextAccel of the teacher's mask family.
+
+    Raises
+    ------
+    ValueError
+        If the model is privileged (a teacher sees what a student never does), or its configuration, checkpoint or
+        codebook differ from the teacher's tokenizer, vocabulary, level schedule or mask family.
+    """
+    if prefix_config.get("privileged_context", False):
+        raise ValueError(
+            "additional_models.prefix_model has privileged_context true: the prefixes must be a student's own "
+            "rollouts, so the prefix model is a base NextAccel (privileged_context: false)"
+        )
+    return _load_frozen_transformer(
+        prefix_model,
+        prefix_config,
+        teacher_config,
+        codebook,
+        path,
+        "prefix_model",
+        "prefix_model_checkpoint",
+        privileged=False,
+        role="teacher",
+    )
 
 
 STUDENT_START_KEYS = ("mask_family", "mask_center_fraction", "tokenizer_quant_resi", *TEACHER_ARCHITECTURE_KEYS)

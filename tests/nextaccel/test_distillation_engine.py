@@ -1,10 +1,12 @@
-"""On-policy privileged information distillation: the reverse KL, randomized prefixes, the frozen teacher, on-policy
-rollouts, the errors a teacher can cause, and plain `direct train`/`direct predict` of teacher and distillation."""
+"""On-policy privileged information distillation: the reverse KL, randomized prefixes (also from a frozen base model's
+rollouts), the frozen teacher, on-policy rollouts (argmax and sampled, reproducible), the errors a teacher or a prefix
+model can cause, the shipped configs, and plain `direct train`/`direct predict` of teacher and distillation."""
 
 from __future__ import annotations
 
 import copy
 import json
+import logging
 import math
 import os
 import subprocess
@@ -16,12 +18,14 @@ import numpy as np
 import pytest
 import torch
 from direct.data.transforms import fft2, ifft2
+from direct.environment import load_models_into_environment_config
 from direct.utils.events import EventStorage
 from helpers import phantom
 from omegaconf import OmegaConf
 
 from direct_nextaccel.data.fastmri_h5 import fastmri_filename, write_fastmri_h5
 from direct_nextaccel.data.simulate import simulate_volume
+from direct_nextaccel.modules.options import SamplingMode
 from direct_nextaccel.nextaccel import acquisition
 from direct_nextaccel.nextaccel.aqvae import AQVAE
 from direct_nextaccel.nextaccel.config import NextAccelConfig
@@ -32,11 +36,13 @@ from direct_nextaccel.nextaccel.distillation_engine import (
     reverse_kl,
 )
 from direct_nextaccel.nextaccel.nextaccel import NextAccel
-from direct_nextaccel.nextaccel.tokenizer_loading import tokenizer_arguments
+from direct_nextaccel.nextaccel.tokenizer_loading import TEACHER_ARCHITECTURE_KEYS, tokenizer_arguments
 
 REPO = Path(__file__).resolve().parents[2]
 CONFIGS = REPO / "direct_nextaccel" / "configs"
 PAPER_CONFIGS = REPO / "projects" / "fastmri_brain" / "configs"
+SMALL_CONFIGS = PAPER_CONFIGS / "small"
+FAMILIES = ["cartesian_y", "cartesian_x", "radial", "gaussian2d"]
 BIN = Path(sys.executable).parent
 CPU = ["--device", "cpu", "--num-gpus", "0", "--num-workers", "0"]
 FILENAME = "file_brain_AXT1_900_0001.h5"
@@ -112,22 +118,46 @@ def test_randomized_prefixes_keep_r32_and_the_targets():
         randomize_prefix(tokens, 0.5, "self", 1000)
 
 
+def test_base_rollout_prefixes_take_the_rollouts_tokens_where_replaced_and_the_tokenizers_elsewhere():
+    generator = torch.Generator().manual_seed(0)
+    tokens = [torch.randint(1000, (2, g, g), generator=generator) for g in (3, 4, 5, 6, 7, 8)]
+    rollout = [torch.randint(1000, (2, g, g), generator=generator) for g in (4, 5, 6, 7, 8)]
+    noisy = randomize_prefix(tokens, 0.3, "base_rollout", 1000, rollout, generator=torch.Generator().manual_seed(7))
+    replay = torch.Generator().manual_seed(7)  # the same draws: one Bernoulli(0.3) map per level R16 .. R2
+    for level in range(1, 5):
+        replaced = torch.rand(tokens[level].shape, generator=replay) < 0.3
+        assert torch.equal(noisy[level], torch.where(replaced, rollout[level - 1], tokens[level]))
+        assert 0.1 < replaced.float().mean() < 0.5
+    assert torch.equal(noisy[0], tokens[0]) and torch.equal(noisy[-1], tokens[-1])  # R32 exact, FS only a target
+    whole = randomize_prefix(tokens, 1.0, "base_rollout", 1000, rollout)
+    assert all(torch.equal(whole[level], rollout[level - 1]) for level in range(1, 5))
+    assert same(randomize_prefix(tokens, 0.0, "base_rollout", 1000, rollout), tokens)
+    with pytest.raises(ValueError, match=r"^prefix noise 'base_rollout' needs the base model's rollout tokens$"):
+        randomize_prefix(tokens, 0.5, "base_rollout", 1000)
+    with pytest.raises(ValueError, match=r"^substitute tokens \[\(2, 4, 4\)\] do not match the token maps"):
+        randomize_prefix(tokens, 0.5, "base_rollout", 1000, rollout[:1])
+
+
 # Engines on checkpoints made in-process -------------------------------------------------------------------------
 
 
 @pytest.fixture(scope="module")
 def checkpoints(tmp_path_factory) -> dict[str, Path]:
-    """A random tiny tokenizer and a privileged teacher sharing its codebook, saved as DIRECT checkpoints."""
+    """A random tiny tokenizer, a privileged teacher and a base model sharing its codebook, saved as DIRECT
+    checkpoints."""
     root = tmp_path_factory.mktemp("distillation_checkpoints")
     config = distill_config(Path("unused"), Path("unused"))
     torch.manual_seed(0)
     tokenizer = AQVAE(**tokenizer_arguments(config.model), context_strides=tuple(config.model.context_strides))
     torch.manual_seed(1)
     teacher = network(config.additional_models.teacher)
-    teacher.init_context_encoder_from(tokenizer.encoder.state_dict())
-    teacher.set_codebook(tokenizer.quantizer.codebook)
-    paths = {"tokenizer": root / "tokenizer" / "model_0.pt", "teacher": root / "teacher" / "model_0.pt"}
-    for name, module in (("tokenizer", tokenizer), ("teacher", teacher)):
+    torch.manual_seed(3)
+    base = network(config.model)
+    paths = {name: root / name / "model_0.pt" for name in ("tokenizer", "teacher", "base")}
+    for name, module in (("tokenizer", tokenizer), ("teacher", teacher), ("base", base)):
+        if name != "tokenizer":
+            module.init_context_encoder_from(tokenizer.encoder.state_dict())
+            module.set_codebook(tokenizer.quantizer.codebook)
         paths[name].parent.mkdir()
         torch.save({"model": module.state_dict()}, paths[name])
     return paths
@@ -145,8 +175,20 @@ def distill_config(tokenizer: Path, teacher: Path, teacher_overrides: dict | Non
     return config
 
 
+def teacher_config(checkpoints: dict[str, Path], prefix_overrides: dict | None = None, **model):
+    """A TeacherEngine config on the tiny architecture whose prefixes come from the base model's rollouts
+    (``additional_models.prefix_model``, merged as DIRECT merges it)."""
+    values = {"privileged_context": True, "prefix_noise": "base_rollout", "prefix_noise_fraction": 1.0}
+    config = distill_config(checkpoints["tokenizer"], checkpoints["teacher"], **{**values, **model})
+    config.model.prefix_model_checkpoint = str(checkpoints["base"])
+    config.training.loss.losses = [{"function": "token_cross_entropy", "multiplier": 1.0}]
+    entry = OmegaConf.merge(config.additional_models.teacher, {"privileged_context": False}, prefix_overrides or {})
+    config.additional_models = {"prefix_model": OmegaConf.merge(OmegaConf.structured(NextAccelConfig), entry)}
+    return config
+
+
 def build(config, engine_class=DistillationEngine):
-    models = {"teacher": network(config.additional_models.teacher)} if "teacher" in config.additional_models else {}
+    models = {name: network(entry) for name, entry in config.additional_models.items()}
     torch.manual_seed(2)
     engine = engine_class(config, network(config.model), "cpu", fft2, ifft2, **models)
     engine.ndim = 2  # set by DIRECT from the dataset
@@ -223,6 +265,212 @@ def test_rollouts_are_the_students_own_tokens(engine):
     assert all(torch.equal(a, b) for a, b in zip(second, own_tokens(), strict=True))
 
 
+def r32_inputs(engine, batch: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The R32 tokens, R32 image and family labels an engine forms from a batch (sensitivity maps normalised)."""
+    batch["sensitivity_map"] = engine.compute_sensitivity_map(batch["sensitivity_map"])
+    images, family = engine.hierarchy(batch, levels=(0,))
+    q32 = engine.tokenizer.encode(images, family, levels=[0]).indices[0]
+    return q32, images[:, 0], family
+
+
+def same(a: list[torch.Tensor], b: list[torch.Tensor]) -> bool:
+    return len(a) == len(b) and all(torch.equal(x, y) for x, y in zip(a, b, strict=True))
+
+
+def test_the_sampled_rollout_differs_from_argmax_tends_to_it_as_temperature_falls_and_is_reproducible(checkpoints):
+    engine = build(distill_config(checkpoints["tokenizer"], checkpoints["teacher"], rollout="multinomial"))
+    engine.models_training_mode()
+    batch = make_batch()
+    q32, image32, family = r32_inputs(engine, batch)
+    student = engine.transformer
+    student.eval()
+    argmax = student.generate(q32, image32, family)
+    student.train()
+
+    generator = engine._rollout_generator
+    start = generator.get_state()
+    sampled = engine.rollout(q32, image32, family)  # temperature 1.0, the config's
+    assert torch.equal(sampled[0], q32) and engine.model.training
+    differing = [float((a != b).float().mean()) for a, b in zip(sampled[1:], argmax[1:], strict=True)]
+    assert all(fraction > 0.5 for fraction in differing), differing  # 64 near-uniform codes: mostly other tokens
+    generator.set_state(start)
+    assert same(engine.rollout(q32, image32, family), sampled)  # the generator alone decides the samples
+    assert not same(engine.rollout(q32, image32, family), sampled)  # and moves on
+    generator.set_state(start)
+    assert same(engine.training_outputs(batch)["rollout"], sampled)  # the loss is computed on that rollout
+
+    # seeded from the run's torch seed: an engine built the same way samples the same first rollout
+    again = build(distill_config(checkpoints["tokenizer"], checkpoints["teacher"], rollout="multinomial"))
+    assert torch.equal(again._rollout_generator.get_state(), start)
+    # the resume state covers it: a checkpoint's training state puts the generator back where it was
+    generator.set_state(start)
+    state = engine.training_state()
+    assert "_rollout_generator" in state["generators"]
+    first = engine.rollout(q32, image32, family)
+    engine._resume_state = state
+    engine._restore_resumed_random_state()
+    assert same(engine.rollout(q32, image32, family), first)
+
+    engine.cfg.model.temperature = 1e-20  # temperature -> 0: the sampled rollout is the argmax rollout
+    assert same(engine.rollout(q32, image32, family), argmax)
+    engine.cfg.model.rollout = SamplingMode.argmax
+    engine.cfg.model.temperature = 1.0
+    before = generator.get_state()
+    assert same(engine.rollout(q32, image32, family), argmax)
+    assert torch.equal(generator.get_state(), before)  # argmax draws nothing
+
+
+def test_teacher_prefixes_from_the_base_models_rollout(checkpoints):
+    teacher = build(teacher_config(checkpoints), TeacherEngine)
+    saved = torch.load(checkpoints["base"], weights_only=True)["model"]
+    base = teacher.prefix_model
+    assert all(torch.equal(value, saved[key]) for key, value in base.state_dict().items())
+    assert "prefix_model" not in teacher.models  # so: in no optimizer group, never in train mode, in no checkpoint
+    assert all(not p.requires_grad for p in base.parameters()) and base in teacher.frozen
+    teacher.models_training_mode()
+    batch = make_batch()
+    q32, image32, family = r32_inputs(teacher, batch)
+    images, _ = teacher.hierarchy(batch)
+    tokens = teacher.tokenizer.encode(images, family).indices
+    assert torch.equal(tokens[0], q32)
+    config = teacher.cfg.model
+
+    def base_tokens(mode: str, state: torch.Tensor) -> list[torch.Tensor]:
+        generator = torch.Generator().set_state(state)
+        return base.generate(q32, image32, family, mode=mode, temperature=config.temperature, generator=generator)
+
+    # fraction 1: every R16..R2 token is the base model's own sampled rollout; R32 and the FS target stay
+    state = teacher._prefix_generator.get_state()
+    noisy = teacher.teacher_forcing_tokens(tokens, image32, family, images[:, -1])
+    rollout = base_tokens("multinomial", state)
+    assert same(noisy[1:-1], rollout[1:-1]) and torch.equal(noisy[0], tokens[0]) and torch.equal(noisy[-1], tokens[-1])
+    assert all(float((a != b).float().mean()) > 0.5 for a, b in zip(rollout[1:-1], tokens[1:-1], strict=True))
+    # fraction 0.5: the rollout's token where replaced (the global torch stream, as for every kind), the tokenizer's
+    # elsewhere
+    config.prefix_noise_fraction = 0.5
+    state = teacher._prefix_generator.get_state()
+    torch.manual_seed(11)
+    noisy = teacher.teacher_forcing_tokens(tokens, image32, family, images[:, -1])
+    rollout = base_tokens("multinomial", state)
+    torch.manual_seed(11)
+    for level in range(1, len(tokens) - 1):
+        replaced = torch.rand(tokens[level].shape) < 0.5
+        assert torch.equal(noisy[level], torch.where(replaced, rollout[level], tokens[level]))
+    # an argmax base rollout
+    config.prefix_rollout = SamplingMode.argmax
+    config.prefix_noise_fraction = 1.0
+    noisy = teacher.teacher_forcing_tokens(tokens, image32, family, images[:, -1])
+    assert same(noisy[1:-1], base.generate(q32, image32, family)[1:-1])
+
+    config.prefix_rollout = SamplingMode.multinomial
+    before = {k: v.clone() for k, v in base.state_dict().items()}
+    optimizer = torch.optim.AdamW([{"params": teacher.model.parameters()}], lr=1e-2)
+    with EventStorage(0):
+        output = teacher._do_iteration(make_batch(), teacher.build_loss())
+    optimizer.step()
+    assert output.data_dict["token_cross_entropy"].item() > 0
+    assert all(p.grad is None for p in base.parameters()) and not base.training
+    assert all(torch.equal(v, before[k]) for k, v in base.state_dict().items())
+    assert "_prefix_generator" in teacher.training_state()["generators"]
+
+
+def one_line(error: pytest.ExceptionInfo) -> str:
+    message = str(error.value)
+    assert len(message.splitlines()) == 1, message
+    return message
+
+
+def test_prefix_model_problems_are_named_in_one_line(checkpoints, tmp_path, caplog):
+    def refused(config, exception=ValueError) -> str:
+        with pytest.raises(exception) as error:
+            build(config, TeacherEngine)
+        return one_line(error)
+
+    config = teacher_config(checkpoints)
+    config.model.prefix_model_checkpoint = None
+    assert refused(config).startswith("model.prefix_model_checkpoint is not set: give the path of a DIRECT checkpoint")
+    config.model.prefix_model_checkpoint = str(tmp_path / "missing.pt")
+    assert "model.prefix_model_checkpoint" in refused(config, FileNotFoundError)
+    assert "missing.pt' is not a file: it does not exist" in refused(config, FileNotFoundError)
+    config.model.prefix_model_checkpoint = str(checkpoints["base"].parent)
+    assert "is a run directory: name one of its model_<N>.pt files" in refused(config)
+
+    config = teacher_config(checkpoints)
+    del config.additional_models["prefix_model"]
+    assert "model.prefix_noise base_rollout needs additional_models.prefix_model" in refused(config)
+    message = refused(teacher_config(checkpoints, {"privileged_context": True}))
+    assert message.startswith("additional_models.prefix_model has privileged_context true")
+    message = refused(teacher_config(checkpoints, {"codebook_size": 32}))
+    assert message == "additional_models.prefix_model has codebook_size=32, the teacher model has 64"
+    assert "has no 'blocks.3." in refused(teacher_config(checkpoints, {"depth": 4}))
+    message = refused(teacher_config(checkpoints, {"top_p": 1.5}))
+    assert message == "additional_models.prefix_model.top_p 1.5 is not in (0, 1]"
+
+    # the privileged teacher's checkpoint is no base model: its state dict has the fully sampled image's context
+    config = teacher_config(checkpoints)
+    config.model.prefix_model_checkpoint = str(checkpoints["teacher"])
+    assert "has 'source_embed" in refused(config)
+    # ... and with the config.yaml DIRECT writes next to a checkpoint, it is named as such
+    other = tmp_path / "teacher_run" / "model_0.pt"
+    other.parent.mkdir()
+    state = torch.load(checkpoints["base"], weights_only=True)
+    torch.save(state, other)
+    OmegaConf.save({"model": {"privileged_context": True}}, other.parent / "config.yaml")
+    config.model.prefix_model_checkpoint = str(other)
+    assert "was trained with privileged_context=True" in refused(config)
+    OmegaConf.save({"model": {"mask_family": "radial"}}, other.parent / "config.yaml")
+    assert "was trained with mask_family='radial'" in refused(config)
+    (other.parent / "config.yaml").unlink()
+    state["model"]["codebook"] = state["model"]["codebook"] + 1.0
+    torch.save(state, other)
+    assert "has another codebook than model.tokenizer_checkpoint" in refused(config)
+
+    # bad choices are refused by the typed config, naming the key and the allowed values
+    for key, value, allowed in (
+        ("prefix_rollout", "beam", "argmax, multinomial, top_k_top_p"),
+        ("prefix_noise", "base", "uniform, self, mixed, base_rollout"),
+    ):
+        with pytest.raises(ValueError, match=rf"'{value}', expected one of \[{allowed}\]\n.*{key}"):
+            OmegaConf.update(teacher_config(checkpoints), f"model.{key}", value)
+
+    # a prefix model configured for another kind of prefix noise is left out of DIRECT's optimizer and checkpoints
+    config = teacher_config(checkpoints, prefix_noise="mixed")
+    config.model.prefix_model_checkpoint = None
+    with caplog.at_level(logging.WARNING):
+        teacher = build(config, TeacherEngine)
+    assert teacher.prefix_model is None and "prefix_model" not in teacher.models
+    assert "additional_models.prefix_model is not used with model.prefix_noise 'mixed'" in caplog.text
+
+
+def test_direct_builds_the_engines_from_yamls_and_keeps_the_frozen_models_out(checkpoints, tmp_path, monkeypatch):
+    """DIRECT's own environment (structured merge, models built from the YAML, engine) on the tiny YAMLs switched to
+    the paper's choices: a teacher on base-model prefixes and a student with a sampled rollout."""
+    import direct.environment
+
+    monkeypatch.setattr(direct.environment, "setup_logging", lambda *args, **kwargs: None)
+    teacher_yaml = OmegaConf.load(CONFIGS / "tiny_teacher.yaml")
+    distill_yaml = OmegaConf.load(CONFIGS / "tiny_distill.yaml")
+    for config in (teacher_yaml, distill_yaml):
+        del config.additional_models["sensitivity_model"]  # the random tokenizer has none
+        config.model.tokenizer_checkpoint = str(checkpoints["tokenizer"])
+    teacher_yaml.model.prefix_noise = "base_rollout"
+    teacher_yaml.model.prefix_model_checkpoint = str(checkpoints["base"])
+    prefix_model = {**OmegaConf.to_container(distill_yaml.additional_models.teacher), "privileged_context": False}
+    teacher_yaml.additional_models.prefix_model = prefix_model
+    distill_yaml.model.rollout = "multinomial"
+    distill_yaml.model.teacher_checkpoint = str(checkpoints["teacher"])
+    built = {}
+    for name, config in (("teacher", teacher_yaml), ("distill", distill_yaml)):
+        path = tmp_path / f"{name}.yaml"
+        OmegaConf.save(config, path)
+        built[name] = direct.environment.setup_common_environment("run", tmp_path / name, str(path), "cpu", 0, False)
+    teacher, student = built["teacher"].engine, built["distill"].engine
+    assert isinstance(teacher, TeacherEngine) and isinstance(teacher.prefix_model, NextAccel)
+    assert teacher.cfg.model.prefix_rollout == "multinomial" and not teacher.prefix_model.privileged_context
+    assert isinstance(student, DistillationEngine) and student.cfg.model.rollout == "multinomial"
+    assert dict(teacher.models) == {} and dict(student.models) == {}  # what DIRECT's optimizer and checkpoints see
+
+
 def test_distillation_needs_a_base_student(engine, tmp_path):
     with pytest.raises(ValueError, match=r"set training\.model_checkpoint"):
         engine.train(None, None, [], tmp_path, resume=False, initialization=None)
@@ -291,7 +539,9 @@ def test_teacher_engine_trains_on_randomized_prefixes_with_the_fully_sampled_ima
     teacher.model.eval()
     with torch.no_grad():
         assert teacher._do_iteration(make_batch()).output_image.shape == (2, 64, 64)
-    with pytest.raises(ValueError, match=r"'gaussian', expected one of \[uniform, self, mixed\]\n.*prefix_noise"):
+    with pytest.raises(
+        ValueError, match=r"'gaussian', expected one of \[uniform, self, mixed, base_rollout\]\n.*prefix_noise"
+    ):
         config.model.prefix_noise = "gaussian"  # a typed config refuses a bad choice when it is set
     bad = copy.deepcopy(config)
     bad.model.prefix_noise_fraction = 1.5
@@ -299,11 +549,12 @@ def test_teacher_engine_trains_on_randomized_prefixes_with_the_fully_sampled_ima
         build(bad, TeacherEngine)
 
 
-@pytest.mark.parametrize("family", ["cartesian_y", "cartesian_x", "radial", "gaussian2d"])
+STAGES = ("nextaccel", "teacher", "distill")
+
+
+@pytest.mark.parametrize("family", FAMILIES)
 def test_paper_teacher_and_distillation_configs_fit_together(family):
-    base, teacher, distill = (
-        OmegaConf.load(PAPER_CONFIGS / f"{stage}_{family}.yaml") for stage in ("nextaccel", "teacher", "distill")
-    )
+    base, teacher, distill = (OmegaConf.load(PAPER_CONFIGS / f"{stage}_{family}.yaml") for stage in STAGES)
     assert teacher.model.engine_name == "TeacherEngine" and teacher.model.privileged_context
     assert distill.model.engine_name == "DistillationEngine" and distill.model.lr_schedule == "cosine"
     assert distill.training.lr == pytest.approx(1e-5) and distill.training.loss.losses[0].function == "reverse_kl"
@@ -315,6 +566,54 @@ def test_paper_teacher_and_distillation_configs_fit_together(family):
     with torch.device("meta"):
         merged = OmegaConf.merge(OmegaConf.structured(NextAccelConfig), distill.additional_models.teacher)
         assert network(merged).privileged_context
+
+
+def direct_merge(path: Path):
+    """The ``model`` and ``additional_models`` blocks of a YAML as DIRECT merges them (typed, defaults filled in)."""
+    return load_models_into_environment_config(OmegaConf.load(path))[1]
+
+
+def architecture(node) -> dict:
+    return {key: node[key] for key in MODEL_ARGUMENTS if key in node and key != "privileged_context"}
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_paper_teacher_prefixes_and_distillation_rollouts_as_direct_merges_them(family):
+    base, teacher, distill = (direct_merge(PAPER_CONFIGS / f"{stage}_{family}.yaml") for stage in STAGES)
+    # the teacher's prefixes come from the base model's own sampled rollouts
+    assert teacher.model.prefix_noise == "base_rollout" and teacher.model.prefix_rollout == "multinomial"
+    assert 0 < teacher.model.prefix_noise_fraction <= 1
+    assert teacher.model.prefix_model_checkpoint == f"runs/nextaccel_{family}/model_749999.pt"
+    assert not teacher.prefix_model.privileged_context
+    assert architecture(teacher.prefix_model) == architecture(base.model)
+    for key in TEACHER_ARCHITECTURE_KEYS:
+        assert teacher.prefix_model[key] == teacher.model[key], key
+    # the student feeds its sampled tokens back, as the paper's does; inference stays argmax
+    assert distill.model.rollout == "multinomial" and distill.model.temperature == 1.0
+    assert distill.model.decoding == base.model.decoding == "argmax"
+    assert NextAccelConfig.rollout == "multinomial" and NextAccelConfig.prefix_rollout == "multinomial"
+
+
+def test_tiny_configs_keep_the_demos_argmax_rollout_and_mixed_prefixes():
+    teacher, distill = (direct_merge(CONFIGS / f"tiny_{stage}.yaml") for stage in ("teacher", "distill"))
+    assert distill.model.rollout == "argmax" and "prefix_model" not in teacher
+    assert teacher.model.prefix_noise == "mixed" and teacher.model.prefix_noise_fraction == 0.2
+
+
+def test_small_tier_teacher_and_distillation_configs_fit_the_small_base_model():
+    base, teacher, distill = (direct_merge(SMALL_CONFIGS / f"{stage}_cartesian_y.yaml") for stage in STAGES)
+    assert teacher.model.engine_name == "TeacherEngine" and teacher.model.privileged_context
+    assert distill.model.engine_name == "DistillationEngine" and distill.model.rollout == "multinomial"
+    for node in (teacher.model, teacher.prefix_model, distill.model, distill.teacher):
+        assert architecture(node) == architecture(base.model)
+    for node in (teacher.model, distill.model):
+        assert node.tokenizer_checkpoint == base.model.tokenizer_checkpoint
+        assert (node.mask_family, node.training_masks) == (base.model.mask_family, base.model.training_masks)
+    raw = {stage: OmegaConf.load(SMALL_CONFIGS / f"{stage}_cartesian_y.yaml") for stage in STAGES}
+    last = {stage: config.training.num_iterations - 1 for stage, config in raw.items()}
+    base_run = f"small_tier/runs/small_nextaccel_cartesian_y/model_{last['nextaccel']}.pt"
+    assert teacher.model.prefix_model_checkpoint == raw["distill"].training.model_checkpoint == base_run
+    assert distill.model.teacher_checkpoint == f"small_tier/runs/small_teacher_cartesian_y/model_{last['teacher']}.pt"
 
 
 # direct train / direct predict -----------------------------------------------------------------------------------
