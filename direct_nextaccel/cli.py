@@ -11,6 +11,7 @@ import argparse
 import importlib
 import importlib.util
 import sys
+from pathlib import Path
 
 # name -> (module, one-line help).
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
@@ -39,9 +40,32 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
+def _path(text: str) -> Path:
+    """``type=Path`` of the subcommands, refusing an empty string (``Path("")`` would silently be ``.``)."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("an empty path names nothing")
+    return Path(text)
+
+
+class OneLineErrorParser(argparse.ArgumentParser):
+    """An argument parser whose usage errors are one line on stderr, exit status 2 (argparse's own status), naming
+    the option and value as argparse does, with a pointer to ``--help`` instead of the usage block.
+
+    Its sub-parsers are of the same class, and an argument declared with ``type=Path`` refuses an empty value.
+    """
+
+    def add_argument(self, *args, **kwargs):
+        if kwargs.get("type") is Path:
+            kwargs["type"] = _path
+        return super().add_argument(*args, **kwargs)
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {' '.join(message.split())} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Parser with one sub-parser per available subcommand (a subcommand whose module is absent is not listed)."""
-    parser = argparse.ArgumentParser(prog="direct-nextaccel", description=__doc__.splitlines()[0])
+    parser = OneLineErrorParser(prog="direct-nextaccel", description=__doc__.splitlines()[0])
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, (module_name, help_text) in SUBCOMMANDS.items():
         if importlib.util.find_spec(module_name) is None:
