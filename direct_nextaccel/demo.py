@@ -76,14 +76,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--family", choices=FAMILY_CHOICES, default="cartesian_y", help="mask family at R = 32 (reconstruction)"
     )
-    parser.add_argument("--budget", type=float, default=1.0, help="scales every stage's training iterations")
+    parser.add_argument(
+        "--budget", type=float, default=1.0, help="scales every stage's training iterations (0 < BUDGET <= 1000)"
+    )
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="cpu (default) or cuda")
 
 
+MAX_BUDGET = 1000.0
+"""The largest ``--budget``: 1000 times the default demo's training (about two days on a 2-core CPU)."""
+
+
 def check_budget(budget: float) -> None:
-    """Refuse a budget that is not a positive finite number (nan and inf parse as floats)."""
+    """Refuse a budget that is not a positive finite number (nan and inf parse as floats) or above
+    :data:`MAX_BUDGET`."""
     if not (math.isfinite(budget) and budget > 0):
         raise DemoError(f"--budget {budget} must be a positive finite number")
+    if budget > MAX_BUDGET:
+        raise DemoError(f"--budget {budget:g} is more than {MAX_BUDGET:g} times the demo's training: too long to run")
 
 
 def check_device(device: str) -> None:
@@ -112,11 +121,16 @@ def prepare_output(output: Path) -> Path:
 
 
 def data_folders(data: Path) -> dict[str, Path]:
-    """The ``train`` and ``val`` folders of ``--data``; each must hold fastMRI-layout ``.h5`` files."""
+    """The ``train`` and ``val`` folders of ``--data``; each must hold fastMRI-layout ``.h5`` files, and every
+    ``*.h5`` entry there (DIRECT reads them all) must be a file. A file DIRECT cannot read fails the first stage, in
+    one line naming the cause and the log."""
     folders = {"train": data / "train", "val": data / "val"}
     for split, folder in folders.items():
-        if not any(folder.glob("*.h5")):
+        entries = sorted(folder.glob("*.h5"))
+        if not entries:
             raise DemoError(f"no {split} .h5 files in {folder}")
+        if not_files := [str(path) for path in entries if not path.is_file()]:
+            raise DemoError(f"--data: {not_files[0]} is not a file (DIRECT reads every *.h5 in {folder})")
     return folders
 
 

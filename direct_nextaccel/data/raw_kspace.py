@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
+from direct_nextaccel.core.user_paths import check_output_folder
 from direct_nextaccel.data.fastmri_h5 import (
     check_replaceable,
     file_sha256,
@@ -216,6 +217,7 @@ def run(args: argparse.Namespace) -> int:
     Every input is read and checked, and every output name and existing file, before anything is written.
     """
     try:
+        check_output_folder(args.output, "--output")
         planned: dict[Path, Path] = {}
         for source in args.inputs:
             target = output_path(source, args.output)

@@ -50,6 +50,7 @@ from pathlib import Path
 
 import numpy as np
 
+from direct_nextaccel.core.user_paths import check_output_folder
 from direct_nextaccel.data.fastmri_h5 import (
     centered_fft2,
     check_replaceable,
@@ -850,6 +851,7 @@ def run(args: argparse.Namespace) -> int:
     """Simulate every input and print the written paths; a user error prints one line and returns 2."""
     try:
         options = _check_options(args)
+        check_output_folder(args.output, "--output")
         sources = _plan(args)
         counts: dict[str, dict[str, list[int]]] = {}
         for source in sources:

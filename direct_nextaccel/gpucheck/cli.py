@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from direct_nextaccel.core.direct_runs import failure_cause, one_line, python_command
+from direct_nextaccel.core.user_paths import PathError, check_output_folder
 from direct_nextaccel.gpucheck.children import cli_command, device_arguments, run_child, train_command
 from direct_nextaccel.gpucheck.plan import ENGINES, TIERS, Engine, derive_config, final_checkpoint
 
@@ -127,6 +128,8 @@ def _check_options(args: argparse.Namespace) -> dict[str, Any]:
         )
     if args.num_workers is not None and args.num_workers < 0:
         raise CheckError(f"--num-workers {args.num_workers} must be >= 0")
+    if args.num_workers is not None and args.num_workers > (os.cpu_count() or 1):
+        raise CheckError(f"--num-workers {args.num_workers} is more than this machine's {os.cpu_count()} CPUs")
     repo_root = args.repo_root.expanduser().resolve()
     if tier.name == "paper" and not (repo_root / "projects").is_dir():
         raise CheckError(f"--tier paper reads the paper configs from a checkout: {repo_root} has no projects/ folder")
@@ -136,16 +139,19 @@ def _check_options(args: argparse.Namespace) -> dict[str, Any]:
         if not torch.cuda.is_available():
             raise CheckError("--device cuda: torch.cuda.is_available() is False (no usable GPU here); use --device cpu")
     output = args.output if args.output is not None else Path(os.environ.get("OUT") or "gpu_check")
-    output = output.expanduser().resolve()
+    try:
+        output = check_output_folder(output, "--output").resolve()
+        if args.work is not None:
+            check_output_folder(args.work, "--work")
+    except PathError as error:
+        raise CheckError(str(error)) from None
+    brain = args.brain if args.brain is not None else repo_root.parent / "shared" / "data" / "brain"
+    if args.brain is not None:
+        _check_brain(args.brain)
     try:
         output.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=output):
-            pass
     except OSError as error:
-        raise CheckError(f"--output {output} cannot be used: {error.strerror or type(error).__name__}") from error
-    brain = args.brain if args.brain is not None else repo_root.parent / "shared" / "data" / "brain"
-    if args.brain is not None and not args.brain.exists():
-        raise CheckError(f"--brain {args.brain} does not exist")
+        raise CheckError(f"--output {output} cannot be created: {error.strerror or type(error).__name__}") from None
     num_workers = args.num_workers
     if num_workers is None:
         num_workers = 0 if args.device == "cpu" else min(8, os.cpu_count() or 1)
@@ -160,6 +166,25 @@ def _check_options(args: argparse.Namespace) -> dict[str, Any]:
         "work": None if args.work is None else args.work.expanduser().resolve(),
         "repo_root": repo_root,
     }
+
+
+def _check_brain(brain: Path) -> None:
+    """Refuse a ``--brain`` that does not exist, a file that is not a ``.npz`` volume, and chosen volumes that are not
+    readable ``.npz`` archives (the data step, and every step after it, would fail). A folder without volumes is
+    allowed: the data are synthetic phantoms then, as the summary says."""
+    from direct_nextaccel.data.simulate import npz_contrasts
+    from direct_nextaccel.gpucheck.data import pick_sources
+
+    if not brain.exists():
+        raise CheckError(f"--brain {brain} does not exist")
+    if brain.is_file() and brain.suffix.lower() != ".npz":
+        raise CheckError(f"--brain {brain} is not a .npz volume (nor a folder of them)")
+    for source in dict.fromkeys(pick_sources(brain) or ()):
+        try:
+            if not npz_contrasts(source):
+                raise ValueError(f"{source} holds none of the contrasts t1, t1c, t2, flair")
+        except ValueError as error:
+            raise CheckError(f"--brain: {error}") from None
 
 
 class Check:

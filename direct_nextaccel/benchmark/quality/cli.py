@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import re
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -101,6 +102,36 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-figures", dest="figures", action="store_false", help="write no figure")
 
 
+def check_device(device: str) -> None:
+    """Refuse a device ``direct predict`` cannot use: anything but ``cpu``, ``cuda`` and ``cuda:N``, and CUDA without
+    that GPU (``direct predict`` would fail for every method, with the cause only in its logs)."""
+    if device == "cpu":
+        return
+    if not re.fullmatch(r"cuda(:\d+)?", device):
+        raise ValueError(f"--device {device!r} is not cpu, cuda or cuda:N")
+    import torch
+
+    index = int(device.partition(":")[2] or 0)
+    if not torch.cuda.is_available() or index >= torch.cuda.device_count():
+        raise ValueError(
+            f"--device {device}: no such GPU here (torch.cuda.is_available() is {torch.cuda.is_available()}, "
+            f"{torch.cuda.device_count()} device(s)); use --device cpu"
+        )
+
+
+def check_options(args: argparse.Namespace) -> None:
+    """Refuse, before anything runs, the options that would fail for every method (one-line ``ValueError``)."""
+    from direct_nextaccel.core.user_paths import check_output_folder
+    from direct_nextaccel.masks.nested import LEVELS
+
+    if args.acceleration not in LEVELS:
+        raise ValueError(
+            f"--acceleration {args.acceleration} is not an acceleration of the nested masks: use one of {LEVELS}"
+        )
+    check_device(args.device)
+    check_output_folder(args.output, "--output")
+
+
 def run(args: argparse.Namespace) -> int:
     """Run the benchmark and print the tables; 2 for a bad input, 1 if a method failed, else 0."""
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
@@ -109,6 +140,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         if not args.methods:
             raise ValueError("give at least one --run, --predictions or --bound method")
+        check_options(args)
         if args.weights_dir is not None:
             if not args.weights_dir.is_dir():
                 raise ValueError(f"weights folder {args.weights_dir} does not exist")

@@ -290,13 +290,17 @@ def score_family(
     )
     for entry in entries:
         entry.row.kind = entry.method.kind
-    if masking is None:
-        reference.row.error = f"no run of family {family} succeeded, so its mask is unknown"
-        return table
     try:
-        mask_function = build_masking_function(**masking)
-    except Exception as error:  # DIRECT and plugin mask functions raise many types; the row says which and why
-        reference.row.error = f"mask {masking.get('name')} cannot be built: {one_line(error)}"
+        if masking is None:
+            raise ValueError(f"no run of family {family} succeeded, so its mask is unknown")
+        try:
+            mask_function = build_masking_function(**masking)
+        except Exception as error:  # DIRECT and plugin mask functions raise many types; the row says which and why
+            raise ValueError(f"mask {masking.get('name')} cannot be built: {one_line(error)}") from None
+    except ValueError as error:  # nothing of the family can be scored: every row says why, none is left without scores
+        reference.row.error = str(error)
+        for entry in entries:
+            entry.row.error = entry.row.error or f"not scored: {error}"
         return table
     for entry in entries:
         _check_coverage(entry, volumes)

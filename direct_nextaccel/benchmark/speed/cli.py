@@ -24,6 +24,29 @@ def parse_run(text: str) -> Named:
     return named
 
 
+def check_run(task: str, name: str, value: str) -> None:
+    """Refuse, naming the option and file, a ``--run NAME=...`` whose config cannot build network NAME: a YAML that
+    does not read as a mapping with ``model.model_name``, or whose model is not NAME's (that of the tiny setup's config
+    for it)."""
+    from omegaconf import OmegaConf
+
+    from direct_nextaccel.benchmark.naming import resolve_run
+    from direct_nextaccel.benchmark.speed.task import resolve_config
+
+    config, _ = resolve_run(value)
+    try:
+        loaded = OmegaConf.load(config)
+    except Exception as error:  # YAML scanner/parser errors and OmegaConf's own, of many kinds
+        reason = " ".join(str(error).split())[:200]
+        raise ValueError(f"--run {name}=...: config {config} does not read as YAML ({reason})") from None
+    model_name = OmegaConf.select(loaded, "model.model_name") if OmegaConf.is_dict(loaded) else None
+    if not isinstance(model_name, str):
+        raise ValueError(f"--run {name}=...: config {config} has no model.model_name (not a DIRECT model config)")
+    expected = OmegaConf.load(resolve_config(TASKS[task].setups["tiny"].configs[name])).model.model_name
+    if model_name != expected:
+        raise ValueError(f"--run {name}=...: config {config} builds {model_name}, but {name} is a {expected}")
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of ``direct-nextaccel speed``."""
     parser.add_argument(
@@ -85,8 +108,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Run the benchmark, print the Markdown report and write the JSON; a user error prints one line, returns 2."""
-    from direct_nextaccel.benchmark.speed.measure import benchmark
+    from direct_nextaccel.benchmark.speed.measure import benchmark, check_options
     from direct_nextaccel.benchmark.speed.report import markdown
+    from direct_nextaccel.core.user_paths import check_output_file
 
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
@@ -99,26 +123,29 @@ def run(args: argparse.Namespace) -> int:
             if named.name in runs:
                 raise ValueError(f"--run {named.name} is given more than once")
             runs[named.name] = named.value
-        result = benchmark(
-            config=args.config,
-            device=device,
-            batch_sizes=args.batch_sizes,
-            repeats=args.repeats,
-            warmup=args.warmup,
-            modes=args.modes,
-            models=args.models,
-            bf16=args.bf16,
+        options = {
+            "config": args.config,
+            "device": device,
+            "batch_sizes": args.batch_sizes,
+            "repeats": args.repeats,
+            "warmup": args.warmup,
+            "modes": args.modes,
+            "models": args.models if args.models is not None else TASKS[args.task].models,
             # Another task's checkpoint is passed only when given, for benchmark to refuse it.
-            checkpoints={
+            "checkpoints": {
                 name: getattr(args, f"checkpoint_{name}")
                 for name in ALL_CHECKPOINTS
                 if name in TASKS[args.task].checkpoints or getattr(args, f"checkpoint_{name}") is not None
             },
-            repo_root=args.repo_root,
-            progress=args.progress,
-            task=args.task,
-            runs=runs,
-        )
+            "task": args.task,
+            "runs": runs,
+        }
+        check_options(**options)  # benchmark checks them again; here they come before the checks below
+        for name, value in runs.items():
+            check_run(args.task, name, value)
+        if args.output is not None:
+            check_output_file(args.output, "--output")
+        result = benchmark(**options, bf16=args.bf16, repo_root=args.repo_root, progress=args.progress)
         print(markdown(result))
         if args.output is not None:
             write_json(result, args.output)

@@ -81,8 +81,10 @@ def check_options(
             raise ValueError(
                 f"checkpoint of {name!r}: only {', '.join(names[:-1])} and {names[-1]} load one in task {task!r}"
             )
-        if path is not None and not Path(path).is_file():
-            raise FileNotFoundError(f"{name} checkpoint {path} does not exist")
+        if path is not None:
+            from direct_nextaccel.core.checkpoints import checkpoint_file
+
+            checkpoint_file(path, f"{name} checkpoint")  # missing, or a folder: named as such
 
 
 def network_names(task: Task, models: Sequence[str]) -> list[str]:
