@@ -43,7 +43,7 @@ class MSVQVAEShape(CheckedConfig):
     scales: tuple[int, ...] = (1, 2, 3, 4, 6, 9, 13, 18, 24, 32)
     quant_resi: float = 0.5
     num_phi: int = 4
-    # Engine: DIRECT's matrix is centre-cropped or zero-padded to image_size (and back on output).
+    # Engine: DIRECT's matrix is mapped to image_size and back on output (core.images.WorkingGrid).
     image_size: tuple[int, int] = (256, 256)
 
     def _check(self) -> None:

@@ -1,7 +1,7 @@
 """From a DIRECT super-resolution batch to the images MIAR's models see: the HR target and the LR input.
 
 Both engines form their images with :mod:`direct_nextaccel.core.images` (the adjoint of DIRECT's SENSE model with its
-estimated sensitivity maps, two channels real/imaginary; centre crop or zero padding to the working size, undone on
+estimated sensitivity maps, two channels real/imaginary; the ``WorkingGrid`` map to the working size, undone on
 output); this module adds what only super-resolution needs.
 """
 

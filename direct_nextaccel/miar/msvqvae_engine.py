@@ -16,7 +16,7 @@ from direct.nn.mri_models import MRIModelEngine
 
 from direct_nextaccel import _hook
 from direct_nextaccel.core.engine import INTENSITY_KEY, TokenizerEngine
-from direct_nextaccel.core.images import center_crop_or_pad, coil_combined
+from direct_nextaccel.core.images import WorkingGrid, coil_combined
 from direct_nextaccel.core.intensity import reference_scale
 from direct_nextaccel.miar.images import sr_factor_of_mask
 from direct_nextaccel.schedules import warmup_schedule
@@ -95,8 +95,9 @@ class MSVQVAEEngine(TokenizerEngine):
         factor = intensity_factor(self.tokenizer.intensity_gain, data, kspace, self.backward_operator)
         image = coil_combined(kspace, data["sensitivity_map"], self.backward_operator)  # B, 2, H, W
         image = image * factor[:, None, None, None].to(image.dtype)
-        result = self.model(center_crop_or_pad(image, self.tokenizer.image_size))
-        reconstruction = center_crop_or_pad(result["reconstruction"], (height, width))
+        grid = WorkingGrid.of_batch(data, (height, width), self.tokenizer.image_size)
+        result = self.model(grid.to_working(image))
+        reconstruction = grid.from_working(result["reconstruction"])
         reconstruction = reconstruction / factor[:, None, None, None].to(reconstruction.dtype)
         return {
             "output_image": reconstruction.permute(0, 2, 3, 1),

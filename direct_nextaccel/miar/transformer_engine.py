@@ -14,8 +14,8 @@ encoder (:meth:`MIAREngine.initialise_from_tokenizer`); a resumed run or ``--ini
 
 With ``model.reference_contrast`` (multi-contrast SR, T1 guiding T2) the batch's ``reference_image`` (B, H, W), the
 fully sampled image of the reference contrast that the ``FastMRIReference`` dataset attaches at DIRECT's matrix, is
-centre-cropped or zero-padded to the model size like the LR input and conditions the LR encoder through one more
-input channel whose weights start at zero.
+mapped to the model size like the LR input (:class:`~direct_nextaccel.core.images.WorkingGrid`) and conditions the
+LR encoder through one more input channel whose weights start at zero.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ from direct_nextaccel.core.checkpoints import (
     without_module_prefix,
 )
 from direct_nextaccel.core.engine import PluginEngine
-from direct_nextaccel.core.images import center_crop_or_pad, coil_combined
+from direct_nextaccel.core.images import WorkingGrid, coil_combined
 from direct_nextaccel.core.intensity import IntensityError, check_convention
 from direct_nextaccel.miar.config import MIARConfig, MSVQVAEShape
 from direct_nextaccel.miar.images import low_resolution_image
@@ -199,6 +199,10 @@ class MIAREngine(PluginEngine):
         """``intensity_gain / s`` per slice (B,), ``s`` from the low-resolution block of DIRECT's input."""
         return intensity_factor(self.tokenizer.intensity_gain, data, data["masked_kspace"], self.backward_operator)
 
+    def working_grid(self, data: dict[str, Any]) -> WorkingGrid:
+        """The map between the batch's matrix (and reconstruction size) and the model's image size."""
+        return WorkingGrid.of_batch(data, tuple(data["masked_kspace"].shape[2:4]), self.miar.image_size)
+
     def lr_image(self, data: dict[str, Any], factor: torch.Tensor | None = None) -> torch.Tensor:
         """LR input (B, 2, h, w) at the model size and the tokenizer's intensity, from a batch whose
         ``sensitivity_map`` is already computed (``factor``: :meth:`intensity_factor`, computed when not given)."""
@@ -210,7 +214,7 @@ class MIAREngine(PluginEngine):
             self.backward_operator,
             blur_sigma=self.cfg.model.lr_blur_sigma,
         )
-        return center_crop_or_pad(image * factor[:, None, None, None].to(image.dtype), self.miar.image_size)
+        return self.working_grid(data).to_working(image * factor[:, None, None, None].to(image.dtype))
 
     def _reference_image(self, data: dict[str, Any]) -> torch.Tensor | None:
         """The reference contrast (B, h, w) at the model size, divided by its own maximum, when
@@ -230,7 +234,7 @@ class MIAREngine(PluginEngine):
                 f"{data['filename'][index]} slice {int(data['slice_no'][index])}: the reference contrast's image is "
                 "all zero"
             )
-        return center_crop_or_pad(reference / peak[:, None, None], self.miar.image_size)
+        return self.working_grid(data).to_working(reference / peak[:, None, None])
 
     def _super_resolve(
         self,
@@ -240,7 +244,7 @@ class MIAREngine(PluginEngine):
         factor: torch.Tensor,
     ) -> torch.Tensor:
         image = self.miar.super_resolve(lr_image, reference_image, **self.decoding)  # B, 2, h, w
-        image = center_crop_or_pad(image, tuple(data["masked_kspace"].shape[2:4]))
+        image = self.working_grid(data).from_working(image)
         return (image / factor[:, None, None, None].to(image.dtype)).permute(0, 2, 3, 1)
 
     def _teacher_forced(
@@ -253,6 +257,6 @@ class MIAREngine(PluginEngine):
         kspace = require_kspace(data, "MIAREngine")
         hr_image = coil_combined(kspace, data["sensitivity_map"], self.backward_operator)
         hr_image = hr_image * factor[:, None, None, None].to(hr_image.dtype)
-        tokens, _ = self.tokenizer.tokenize(center_crop_or_pad(hr_image, self.miar.image_size))
+        tokens, _ = self.tokenizer.tokenize(self.working_grid(data).to_working(hr_image))
         loss, accuracy = token_cross_entropy(self.model(lr_image, tokens, reference_image), tokens)
         return {"token_cross_entropy": loss, "token_accuracy": accuracy}

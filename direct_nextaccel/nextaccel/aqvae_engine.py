@@ -17,7 +17,7 @@ import torch
 from direct_nextaccel import _hook
 from direct_nextaccel.core.checkpoints import CheckpointError, read_checkpoint
 from direct_nextaccel.core.engine import INTENSITY_KEY, TokenizerEngine
-from direct_nextaccel.core.images import center_crop_or_pad
+from direct_nextaccel.core.images import WorkingGrid
 from direct_nextaccel.masks.nested import LEVELS
 from direct_nextaccel.modules.options import validate_model_config
 from direct_nextaccel.nextaccel import acquisition
@@ -81,7 +81,6 @@ class AQVAEEngine(TokenizerEngine):
         self.discriminator = None
         self.discriminator_optimizer = None
         self._family_generator = torch.Generator().manual_seed(torch.initial_seed() % 2**63)
-        self._warned_size = False
         self._best_ssim = float("-inf")
 
     def _loss_names(self) -> list[str]:
@@ -213,21 +212,14 @@ class AQVAEEngine(TokenizerEngine):
         images = acquisition.hierarchy_images(
             kspace, data["sensitivity_map"], masks.to(kspace.device), self.backward_operator
         ) * factor[:, None, None, None, None].to(kspace.dtype)
-        if (height, width) != self.tokenizer.image_size and not self._warned_size:
-            self._warned_size = True
-            logger.warning(
-                "DIRECT's matrix %s differs from model.image_size %s: images are centre-cropped/zero-padded to it and "
-                "the output is mapped back, so a cropped border comes back as zeros.",
-                (height, width),
-                self.tokenizer.image_size,
-            )
-        images = center_crop_or_pad(images, self.tokenizer.image_size)  # B, 6, 2, h, w
+        grid = WorkingGrid.of_batch(data, (height, width), self.tokenizer.image_size)
+        images = grid.to_working(images)  # B, 6, 2, h, w
         labels = acquisition.family_labels(families, kspace.device)
         result = self.model(images, labels)
         if not self.model.training and self.output_levels != tuple(range(acquisition.NUM_LEVELS)):
             tokens = [result["indices"][level] for level in self.output_levels]
             result["reconstruction"] = self.tokenizer.decode_indices(tokens, levels=self.output_levels)
-        reconstruction = center_crop_or_pad(result["reconstruction"], (height, width))  # B, 2, H, W
+        reconstruction = grid.from_working(result["reconstruction"])  # B, 2, H, W
         reconstruction = reconstruction / factor[:, None, None, None].to(reconstruction.dtype)
         outputs = {
             "output_image": reconstruction.permute(0, 2, 3, 1),

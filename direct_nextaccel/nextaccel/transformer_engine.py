@@ -30,7 +30,7 @@ from torch import Tensor, nn
 
 from direct_nextaccel import _hook
 from direct_nextaccel.core.engine import PluginEngine
-from direct_nextaccel.core.images import center_crop_or_pad, sense_adjoint
+from direct_nextaccel.core.images import WorkingGrid, sense_adjoint
 from direct_nextaccel.masks.nested import LEVELS, MASK_NAMES, family_of, mask_func_for_family
 from direct_nextaccel.modules.options import validate_model_config
 from direct_nextaccel.modules.transformer import token_cross_entropy
@@ -90,7 +90,6 @@ class NextAccelEngine(PluginEngine):
         self.center_fraction = config.mask_center_fraction
         mask_func_for_family(self.family, (LEVELS[0],), [self.center_fraction])  # refuses a bad centre fraction
         self._mask_generator = torch.Generator().manual_seed(torch.initial_seed() % 2**63)
-        self._warned_size = False
 
         checkpoint = load_checkpoint(config.tokenizer_checkpoint, "tokenizer_checkpoint")
         self.tokenizer = load_tokenizer(checkpoint, config.tokenizer_checkpoint, config, device)
@@ -218,7 +217,7 @@ class NextAccelEngine(PluginEngine):
             masks = masks[:, list(levels)]
         images = acquisition.hierarchy_images(kspace, data["sensitivity_map"], masks, self.backward_operator)
         images = images * self.intensity_factor(kspace, data)[:, None, None, None, None].to(images.dtype)
-        return self._working_size(images), acquisition.family_labels(families, kspace.device)
+        return self.working_grid(data).to_working(images), acquisition.family_labels(families, kspace.device)
 
     def intensity_factor(self, kspace: Tensor, data: dict[str, Any]) -> Tensor:
         """``intensity_gain / s`` per slice (B,) (:func:`acquisition.intensity_factor`): the fully sampled and the R32
@@ -232,17 +231,10 @@ class NextAccelEngine(PluginEngine):
             data.get("slice_no"),
         )
 
-    def _working_size(self, images: Tensor) -> Tensor:
-        """Centre-crop/zero-pad (..., H, W) to the model's image size, saying so once when the sizes differ."""
-        if tuple(images.shape[-2:]) != self.tokenizer.image_size and not self._warned_size:
-            self._warned_size = True
-            logger.warning(
-                "DIRECT's matrix %s differs from model.image_size %s: images are centre-cropped/zero-padded to it and "
-                "the output is mapped back, so a cropped border comes back as zeros.",
-                tuple(images.shape[-2:]),
-                self.tokenizer.image_size,
-            )
-        return center_crop_or_pad(images, self.tokenizer.image_size)
+    def working_grid(self, data: dict[str, Any]) -> WorkingGrid:
+        """The map between the batch's matrix (and reconstruction size) and the model's image size."""
+        key = "kspace" if "kspace" in data else "masked_kspace"
+        return WorkingGrid.of_batch(data, tuple(data[key].shape[2:4]), self.tokenizer.image_size)
 
     def _check_sampling_mask(self, level0: Tensor, data: dict[str, Any]) -> None:
         expected = level0  # B, H, W
@@ -320,7 +312,8 @@ class NextAccelEngine(PluginEngine):
         image32 = sense_adjoint(
             masked_kspace, data["sensitivity_map"], sampling_mask[:, 0, :, :, 0], self.backward_operator
         )  # B, H, W, 2
-        image32 = self._working_size(image32.permute(0, 3, 1, 2) * factor[:, None, None, None])  # B, 2, h, w
+        grid = self.working_grid(data)
+        image32 = grid.to_working(image32.permute(0, 3, 1, 2) * factor[:, None, None, None])  # B, 2, h, w
         family = acquisition.family_labels([self.family] * image32.shape[0], image32.device)
         q32 = self.tokenizer.encode(image32[:, None], family, levels=[0]).indices[0]
         generated = self.transformer.generate(
@@ -338,16 +331,15 @@ class NextAccelEngine(PluginEngine):
         )
         tokens, probs = generated if want_probs else (generated, None)
         reconstruction = self.tokenizer.decode_indices(tokens) / factor[:, None, None, None]  # B, 2, h, w
-        reconstruction = center_crop_or_pad(reconstruction, (height, width)).permute(0, 2, 3, 1)
+        reconstruction = grid.from_working(reconstruction).permute(0, 2, 3, 1)  # B, H, W, 2
         if config.data_consistency:
             reconstruction = self.data_consistency(
                 reconstruction, masked_kspace, data["sensitivity_map"], sampling_mask
             )
         outputs = {"output_image": reconstruction, "tokens": tokens}
         if probs is not None:
-            outputs["uncertainty"] = center_crop_or_pad(
-                uncertainty_map(probs, self.tokenizer.image_size), (height, width)
-            )
+            # Resampling can ring slightly outside [0, 1]; the map stays a fraction of the maximal entropy.
+            outputs["uncertainty"] = grid.from_working(uncertainty_map(probs, self.tokenizer.image_size)).clamp(0, 1)
         return outputs
 
     def _check_acceleration(self, sampling_mask: Tensor, data: dict[str, Any]) -> None:

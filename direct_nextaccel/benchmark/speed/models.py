@@ -21,6 +21,8 @@ if TYPE_CHECKING:
     from direct.engine import Engine
     from torch import nn
 
+    from direct_nextaccel.core.images import WorkingGrid
+
 logger = logging.getLogger(__name__)
 
 WEIGHTS_NOTE = "randomly initialised: inference time does not depend on the weights' values"
@@ -106,16 +108,14 @@ def baseline_methods(
 
 
 def decoded_magnitude(
-    tokenizer: nn.Module, tokens: list[torch.Tensor], factor: torch.Tensor, kspace: torch.Tensor, clock: StageClock
+    tokenizer: nn.Module, tokens: list[torch.Tensor], factor: torch.Tensor, grid: WorkingGrid, clock: StageClock
 ) -> torch.Tensor:
     """The end of an autoregressive method's path: the image the ``tokenizer`` decodes from ``tokens``
-    (``decode_indices``, B, 2, h, w) at DIRECT's scale (divided by the intensity ``factor``, B, 1, 1, 1), cropped or
-    padded to the k-space's (H, W), as magnitude (B, H, W); ends the ``decode`` stage."""
+    (``decode_indices``, B, 2, h, w) at DIRECT's scale (divided by the intensity ``factor``, B, 1, 1, 1), mapped back
+    to DIRECT's (H, W) by the engine's ``grid``, as magnitude (B, H, W); ends the ``decode`` stage."""
     import torch
 
-    from direct_nextaccel.core.images import center_crop_or_pad
-
-    decoded = center_crop_or_pad(tokenizer.decode_indices(tokens) / factor, tuple(kspace.shape[2:4]))  # B, 2, H, W
+    decoded = grid.from_working(tokenizer.decode_indices(tokens) / factor)  # B, 2, H, W
     magnitude = torch.linalg.vector_norm(decoded, dim=1)  # B, H, W
     clock("decode")
     return magnitude

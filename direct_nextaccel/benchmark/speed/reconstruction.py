@@ -133,7 +133,7 @@ def nextaccel_runner(aqvae_engine: Engine, nextaccel: nn.Module, mode: str, bf16
     """
     import torch
 
-    from direct_nextaccel.core.images import center_crop_or_pad, sense_adjoint
+    from direct_nextaccel.core.images import WorkingGrid, sense_adjoint
     from direct_nextaccel.nextaccel.acquisition import intensity_factor
 
     aqvae = aqvae_engine.model
@@ -148,13 +148,14 @@ def nextaccel_runner(aqvae_engine: Engine, nextaccel: nn.Module, mode: str, bf16
             kspace, aqvae_engine.center_fraction, aqvae.intensity_gain, aqvae_engine.backward_operator
         )[:, None, None, None]  # B, 1, 1, 1
         image = sense_adjoint(kspace, sensitivity_map, mask, aqvae_engine.backward_operator)  # B, H, W, 2
-        image32 = center_crop_or_pad(image.permute(0, 3, 1, 2) * factor, aqvae.image_size)  # B, 2, h, w
+        grid = WorkingGrid.of_batch(batch, tuple(kspace.shape[2:4]), aqvae.image_size)
+        image32 = grid.to_working(image.permute(0, 3, 1, 2) * factor)  # B, 2, h, w
         q32 = aqvae.encode(image32[:, None], batch["family"], levels=[0]).indices[0]  # B, g0, g0
         clock("tokenize")
         with torch.autocast(kspace.device.type, dtype=torch.bfloat16, enabled=bf16):
             tokens = nextaccel.generate(q32, image32, batch["family"], use_cache=True, **options)
         clock("generate")
-        return decoded_magnitude(aqvae, tokens, factor, kspace, clock)
+        return decoded_magnitude(aqvae, tokens, factor, grid, clock)
 
     return reconstruct
 

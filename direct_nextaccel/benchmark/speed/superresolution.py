@@ -174,7 +174,7 @@ def miar_runner(engine: Engine, mode: str, bf16: bool) -> Runner:
         finally:
             hook.remove()
         clock("generate")
-        return decoded_magnitude(miar.tokenizer, tokens, factor, kspace, clock)
+        return decoded_magnitude(miar.tokenizer, tokens, factor, engine.working_grid(data), clock)
 
     return reconstruct
 
