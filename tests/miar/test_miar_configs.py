@@ -5,6 +5,7 @@ and push one slice of a tiny fastMRI-layout volume through each dataset's transf
 their config dataclasses and build on the meta device.
 """
 
+import dataclasses
 import pathlib
 
 import numpy as np
@@ -114,7 +115,8 @@ def test_miar_configs_build_their_model(path):
 
 
 def test_miar_configs_repeat_their_tokenizer_shape():
-    shape_keys = [k for k in MSVQVAEConfig.__dataclass_fields__ if k in MIARConfig.__dataclass_fields__]
+    miar_fields = {field.name for field in dataclasses.fields(MIARConfig)}  # ClassVars (ENGINE_KEYS) excluded
+    shape_keys = [field.name for field in dataclasses.fields(MSVQVAEConfig) if field.name in miar_fields]
     shape_keys = [k for k in shape_keys if k not in ("model_name", "engine_name", "lr_schedule", "min_lr")]
     for tokenizer, miar in (
         ("direct_nextaccel/configs/tiny_msvqvae.yaml", "direct_nextaccel/configs/tiny_miar.yaml"),
