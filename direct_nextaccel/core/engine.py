@@ -39,6 +39,7 @@ from torch.amp import GradScaler, autocast
 from direct_nextaccel.core import distributed
 from direct_nextaccel.core.errors import NonFiniteError
 from direct_nextaccel.core.resume import ResumableEngine
+from direct_nextaccel.modules.options import validate_model_config
 
 __all__ = ["INTENSITY_KEY", "PluginEngine", "TokenizerEngine", "check_finite"]
 
@@ -90,15 +91,20 @@ class PluginEngine(ResumableEngine, MRIModelEngine):
     ONLY_ENGINE_LOSSES : bool
         Whether the engine trains on its own losses alone (the transformers: no image loss reaches a model through
         discrete tokens); checked at construction.
+    CONFIG_CLASS : type or None
+        The model's config dataclass, whose range checks run first in the constructor (``validate_model_config``).
     CHECKED_INPUTS : tuple of str
         Batch keys checked for NaN/Inf before any forward pass.
     """
 
     ENGINE_LOSSES: ClassVar[dict[str, str]] = {}
     ONLY_ENGINE_LOSSES: ClassVar[bool] = False
+    CONFIG_CLASS: ClassVar[type | None] = None
     CHECKED_INPUTS: ClassVar[tuple[str, ...]] = ("kspace", "masked_kspace", "sensitivity_map", "reference_image")
 
     def __init__(self, cfg, model, device, forward_operator, backward_operator, mixed_precision=False, **models):
+        if self.CONFIG_CLASS is not None:  # value ranges; DIRECT's merge has already checked the choices (Enums)
+            validate_model_config(cfg.model, self.CONFIG_CLASS)
         super().__init__(
             cfg,
             model,

@@ -18,6 +18,7 @@ from direct_nextaccel import _hook
 from direct_nextaccel.core.engine import INTENSITY_KEY, TokenizerEngine
 from direct_nextaccel.core.images import WorkingGrid, coil_combined
 from direct_nextaccel.core.intensity import reference_scale
+from direct_nextaccel.miar.config import MSVQVAEConfig
 from direct_nextaccel.miar.images import sr_factor_of_mask
 from direct_nextaccel.schedules import warmup_schedule
 
@@ -75,6 +76,7 @@ class MSVQVAEEngine(TokenizerEngine):
     """
 
     ENGINE_LOSSES: ClassVar[dict[str, str]] = {"commitment_loss": "commitment_loss"}
+    CONFIG_CLASS: ClassVar[type] = MSVQVAEConfig
 
     def train(self, optimizer, lr_scheduler, training_datasets, experiment_directory, *args, **kwargs):
         """DIRECT's training with the schedule of ``model.lr_schedule``."""

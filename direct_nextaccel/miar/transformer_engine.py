@@ -41,7 +41,6 @@ from direct_nextaccel.miar.images import low_resolution_image
 from direct_nextaccel.miar.miar import MIAR
 from direct_nextaccel.miar.msvqvae import MSVQVAE
 from direct_nextaccel.miar.msvqvae_engine import intensity_factor, replace_schedule, require_kspace
-from direct_nextaccel.modules.options import validate_model_config
 from direct_nextaccel.modules.transformer import token_cross_entropy
 
 __all__ = ["TOKENIZER_KEYS", "MIAREngine", "load_tokenizer_state"]
@@ -96,8 +95,9 @@ class MIAREngine(PluginEngine):
     ENGINE_LOSSES: ClassVar[dict[str, str]] = {"token_cross_entropy": "token_cross_entropy"}
     ONLY_ENGINE_LOSSES: ClassVar[bool] = True
 
+    CONFIG_CLASS: ClassVar[type] = MIARConfig
+
     def __init__(self, cfg, model, device, forward_operator, backward_operator, mixed_precision=False, **models):
-        validate_model_config(cfg.model, MIARConfig)  # ranges; DIRECT's merge has checked the choices
         super().__init__(
             cfg,
             model,

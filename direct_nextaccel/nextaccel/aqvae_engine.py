@@ -19,7 +19,6 @@ from direct_nextaccel.core.checkpoints import CheckpointError, read_checkpoint
 from direct_nextaccel.core.engine import INTENSITY_KEY, TokenizerEngine
 from direct_nextaccel.core.images import WorkingGrid
 from direct_nextaccel.masks.nested import LEVELS
-from direct_nextaccel.modules.options import validate_model_config
 from direct_nextaccel.nextaccel import acquisition
 from direct_nextaccel.nextaccel.config import AQVAEConfig
 from direct_nextaccel.schedules import warmup_schedule
@@ -64,8 +63,9 @@ class AQVAEEngine(TokenizerEngine):
         "adversarial_loss": "adversarial_loss",
     }
 
+    CONFIG_CLASS: ClassVar[type] = AQVAEConfig
+
     def __init__(self, cfg, model, device, forward_operator, backward_operator, mixed_precision=False, **models):
-        validate_model_config(cfg.model, AQVAEConfig)  # ranges; DIRECT's merge has checked the choices
         super().__init__(
             cfg,
             model,

@@ -32,7 +32,6 @@ from direct_nextaccel import _hook
 from direct_nextaccel.core.engine import PluginEngine
 from direct_nextaccel.core.images import WorkingGrid, sense_adjoint
 from direct_nextaccel.masks.nested import LEVELS, MASK_NAMES, family_of, mask_func_for_family
-from direct_nextaccel.modules.options import validate_model_config
 from direct_nextaccel.modules.transformer import token_cross_entropy
 from direct_nextaccel.nextaccel import acquisition
 from direct_nextaccel.nextaccel.aqvae_engine import LEVEL_NAMES
@@ -66,8 +65,9 @@ class NextAccelEngine(PluginEngine):
     #: whether the engine's model is the privileged teacher (its context also holds the fully sampled image)
     PRIVILEGED: ClassVar[bool] = False
 
+    CONFIG_CLASS: ClassVar[type] = NextAccelConfig
+
     def __init__(self, cfg, model, device, forward_operator, backward_operator, mixed_precision=False, **models):
-        validate_model_config(cfg.model, NextAccelConfig)  # ranges; DIRECT's merge has checked the choices
         super().__init__(
             cfg,
             model,
