@@ -195,6 +195,45 @@ def test_direct_predict_with_every_decoding_mode(transformer_run, tokenizer_chec
                 assert uncertainty.min() >= 0 and uncertainty.max() <= 1
 
 
+def test_direct_predict_writes_exactly_the_engines_argmax_reconstruction(
+    transformer_run, tokenizer_checkpoint, data_root, tmp_path, monkeypatch
+):
+    """`direct predict` writes what the engine reconstructs in process from the same batch (argmax is deterministic):
+    the values, not only the shapes, of the plugin's prediction path through DIRECT."""
+    import direct.environment
+    from direct.data.datasets import build_dataset_from_input
+    from direct.train import build_transforms_from_environment
+    from torch.utils.data import default_collate
+
+    config = six_iterations(
+        CONFIGS / "tiny_nextaccel.yaml",
+        tmp_path / "argmax.yaml",
+        **{"model.tokenizer_checkpoint": str(tokenizer_checkpoint)},
+    )
+    command = ["direct", "predict", str(tmp_path / "out"), "--cfg", str(config), "--checkpoint"]
+    finish(start([*command, str(transformer_run / "model_5.pt"), "--data-root", str(data_root), *CPU], cwd=tmp_path))
+
+    monkeypatch.setattr(direct.environment, "setup_logging", lambda *args, **kwargs: None)
+    env = direct.environment.setup_common_environment("run", tmp_path / "env", str(config), "cpu", 0, False)
+    engine = env.engine
+    engine.model.load_state_dict(torch.load(transformer_run / "model_5.pt", weights_only=True)["model"])
+    engine.ndim = 2
+    engine.models_validation_mode()
+    dataset_config = env.cfg.inference.dataset
+    dataset = build_dataset_from_input(
+        build_transforms_from_environment(env, dataset_config), dataset_config, data_root=data_root
+    )
+    for source in sorted(data_root.glob("*.h5")):
+        batch = default_collate([sample for sample in dataset if Path(sample["filename"]).name == source.name])
+        with torch.no_grad():
+            output = engine._do_iteration(batch).output_image  # B, H, W at DIRECT's normalised scale
+        expected = (output * batch["scaling_factor"][:, None, None]).numpy()
+        with h5py.File(tmp_path / "out" / source.name, "r") as written:
+            reconstruction = written["reconstruction"][()]
+        assert reconstruction.shape == expected.shape == (2, 64, 64)
+        np.testing.assert_allclose(reconstruction, expected, rtol=1e-5, atol=1e-6 * float(np.abs(expected).max()))
+
+
 # In-process engine ----------------------------------------------------------------------------------------------
 
 
