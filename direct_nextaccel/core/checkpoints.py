@@ -46,6 +46,7 @@ __all__ = [
     "check_run_config",
     "checkpoint_file",
     "latest_checkpoint",
+    "load_exactly",
     "plain_value",
     "read_checkpoint",
     "run_config",
@@ -156,6 +157,40 @@ def read_checkpoint(path: str | os.PathLike | None, what: str) -> dict[str, Any]
     if not isinstance(checkpoint.get("model"), Mapping):
         raise CheckpointError(f"{what} {str(path)!r} is not a DIRECT checkpoint: it has no 'model' state dict")
     return dict(checkpoint)
+
+
+def load_exactly(module: torch.nn.Module, state_dict: Mapping[str, Any], what: str, needs: str) -> None:
+    """Load ``state_dict`` into ``module`` only if it has every key of the module, no other and every shape equal.
+
+    Parameters
+    ----------
+    module : torch.nn.Module
+        What receives the weights.
+    state_dict : Mapping
+        The weights (a checkpoint entry or another module's ``state_dict()``).
+    what : str
+        Where the weights come from, for messages (a file and config key, or a hint such as
+        "the AQ-VAE encoder state dict").
+    needs : str
+        What ``module`` is, for messages ("the configured network", "the context encoder").
+
+    Raises
+    ------
+    ValueError
+        Naming the first missing, unexpected or differently shaped key; nothing is loaded then.
+    """
+    own = module.state_dict()
+    for key, tensor in own.items():
+        if key not in state_dict:
+            raise ValueError(f"{what} has no key '{key}' that {needs} needs: the architectures differ")
+        if tuple(state_dict[key].shape) != tuple(tensor.shape):
+            raise ValueError(
+                f"{what} has '{key}' of shape {tuple(state_dict[key].shape)}, {needs} needs {tuple(tensor.shape)}"
+            )
+    for key in state_dict:
+        if key not in own:
+            raise ValueError(f"{what} has unexpected key '{key}', which {needs} does not have")
+    module.load_state_dict(dict(state_dict))
 
 
 def without_module_prefix(state: Mapping[str, Any]) -> dict[str, Any]:

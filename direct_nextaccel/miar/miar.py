@@ -50,7 +50,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from direct_nextaccel.core.checkpoints import CheckpointError
+from direct_nextaccel.core.checkpoints import CheckpointError, load_exactly
 from direct_nextaccel.miar.msvqvae import MSVQVAE
 from direct_nextaccel.modules.attention import ContextKV, KVCache
 from direct_nextaccel.modules.decoding import (
@@ -249,19 +249,12 @@ class MIAR(nn.Module):
         ValueError
             Naming the first missing, unexpected or differently shaped key; nothing is loaded then.
         """
-        own = self.tokenizer.state_dict()
-        for key, target in own.items():
-            if key not in state_dict:
-                raise ValueError(f"MSVQ-VAE state dict has no key '{key}' (is it an MSVQ-VAE checkpoint?)")
-            if tuple(state_dict[key].shape) != tuple(target.shape):
-                raise ValueError(
-                    f"MSVQ-VAE key '{key}' has shape {tuple(state_dict[key].shape)}, the model's tokenizer needs "
-                    f"{tuple(target.shape)}: the MIAR config must repeat the tokenizer's shape"
-                )
-        for key in state_dict:
-            if key not in own:
-                raise ValueError(f"unexpected key '{key}' for the MSVQ-VAE tokenizer")
-        self.tokenizer.load_state_dict(dict(state_dict))
+        load_exactly(
+            self.tokenizer,
+            state_dict,
+            source or "the MSVQ-VAE state dict",
+            "the MIAR config's tokenizer (the config must repeat the MSVQ-VAE's shape)",
+        )
         self.tokenizer_source = source or "given to MIAR.load_tokenizer"
 
     def init_context_encoder_from(self, encoder_state: Mapping[str, Tensor]) -> None:
@@ -488,5 +481,3 @@ class MIAR(nn.Module):
     def super_resolve(self, lr_image: Tensor, reference_image: Tensor | None = None, **decoding: Any) -> Tensor:
         """HR image (B, in_channels, H, W) decoded by the tokenizer from :meth:`generate`'s tokens."""
         return self.tokenizer.decode_indices(self.generate(lr_image, reference_image=reference_image, **decoding))
-
-

@@ -153,8 +153,8 @@ class MIAREngine(PluginEngine):
         state = load_tokenizer_state(path, self.cfg.model)
         try:
             self.miar.load_tokenizer(state, source=what)
-        except ValueError as error:  # the state dict does not fit: name the file
-            raise CheckpointError(f"{what}: {error}") from None
+        except ValueError as error:  # the state dict does not fit; the message names the file
+            raise CheckpointError(str(error)) from None
         logger.info("Loaded the frozen MSVQ-VAE tokenizer from %s.", path)
 
     def initialise_from_tokenizer(self) -> None:

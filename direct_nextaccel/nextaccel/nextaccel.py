@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from direct_nextaccel.core.checkpoints import load_exactly
 from direct_nextaccel.modules.attention import ContextKV, KVCache
 from direct_nextaccel.modules.decoding import (
     BEAM_TOKEN_COUNTS,
@@ -249,19 +250,12 @@ class NextAccel(nn.Module):
         ValueError
             Naming the first key that is missing, unexpected or of a different shape; nothing is copied then.
         """
-        own = self.context_encoder.state_dict()
-        for key, target in own.items():
-            if key not in encoder_state_dict:
-                raise ValueError(f"AQ-VAE encoder state dict has no key '{key}' (pass aqvae.encoder.state_dict())")
-            if tuple(encoder_state_dict[key].shape) != tuple(target.shape):
-                raise ValueError(
-                    f"AQ-VAE encoder key '{key}' has shape {tuple(encoder_state_dict[key].shape)}, "
-                    f"the context encoder needs {tuple(target.shape)}"
-                )
-        for key in encoder_state_dict:
-            if key not in own:
-                raise ValueError(f"unexpected key '{key}' for the context encoder (pass aqvae.encoder.state_dict())")
-        self.context_encoder.load_state_dict(dict(encoder_state_dict))
+        load_exactly(
+            self.context_encoder,
+            encoder_state_dict,
+            "the AQ-VAE encoder state dict (pass aqvae.encoder.state_dict())",
+            "the context encoder",
+        )
 
     def set_codebook(self, codebook: Tensor) -> None:
         """Copy the AQ-VAE's codebook (V, D) (``aqvae.quantizer.codebook``) into the frozen codebook buffer."""

@@ -24,6 +24,7 @@ from direct_nextaccel.core.checkpoints import (
     CheckpointError,
     check_run_config,
     checkpoint_file,
+    load_exactly,
     plain_value,
     read_checkpoint,
     saved_model_value,
@@ -87,19 +88,7 @@ def load_frozen(module: nn.Module, state_dict: Mapping[str, torch.Tensor], what:
         one of another kind of model, :func:`check_kind`); nothing is loaded then.
     """
     check_kind(module, state_dict, what)
-    own = module.state_dict()
-    for key, tensor in own.items():
-        if key not in state_dict:
-            raise ValueError(f"{what} has no '{key}' that the configured network needs: the architectures differ")
-        if tuple(state_dict[key].shape) != tuple(tensor.shape):
-            raise ValueError(
-                f"{what} has '{key}' of shape {tuple(state_dict[key].shape)}, the configured network needs "
-                f"{tuple(tensor.shape)}"
-            )
-    for key in state_dict:
-        if key not in own:
-            raise ValueError(f"{what} has '{key}', which the configured network does not: the architectures differ")
-    module.load_state_dict(dict(state_dict))
+    load_exactly(module, state_dict, what, "the configured network")
     module.eval().requires_grad_(False)
     return module
 

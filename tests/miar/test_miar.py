@@ -155,7 +155,7 @@ def test_bad_decoding_settings_name_the_value(settings, message):
 
 def test_tokenizer_of_another_shape_is_refused(model):
     other = MSVQVAE(**{**TOKENIZER, "codebook_size": 16})
-    with pytest.raises(ValueError, match=r"key 'quantizer.codebook' has shape \(16, 8\), .* needs \(32, 8\)"):
+    with pytest.raises(ValueError, match=r"has 'quantizer.codebook' of shape \(16, 8\), .* needs \(32, 8\)"):
         model.load_tokenizer(other.state_dict())
 
 

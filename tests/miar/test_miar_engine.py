@@ -134,7 +134,8 @@ def test_tokenizer_checkpoint_loading(make_engine, make_tokenizer_state, tmp_pat
     with pytest.raises(ValueError, match="has no 'model' state dict"):
         build(path)
     torch.save({"model": {**state, "extra.weight": torch.ones(1)}}, path)
-    with pytest.raises(CheckpointError, match=r"^model\.tokenizer_checkpoint '.*model_5\.pt': unexpected key 'extra"):
+    message = r"^model\.tokenizer_checkpoint '.*model_5\.pt' has unexpected key 'extra"
+    with pytest.raises(CheckpointError, match=message):
         build(path)
 
 

@@ -402,14 +402,14 @@ def test_prefix_model_problems_are_named_in_one_line(checkpoints, tmp_path, capl
     assert message.startswith("additional_models.prefix_model has privileged_context true")
     message = refused(teacher_config(checkpoints, {"codebook_size": 32}))
     assert message == "additional_models.prefix_model has codebook_size=32, the teacher model has 64"
-    assert "has no 'blocks.3." in refused(teacher_config(checkpoints, {"depth": 4}))
+    assert "has no key 'blocks.3." in refused(teacher_config(checkpoints, {"depth": 4}))
     message = refused(teacher_config(checkpoints, {"top_p": 1.5}))
     assert message == "additional_models.prefix_model.top_p 1.5 is not in (0, 1]"
 
     # the privileged teacher's checkpoint is no base model: its state dict has the fully sampled image's context
     config = teacher_config(checkpoints)
     config.model.prefix_model_checkpoint = str(checkpoints["teacher"])
-    assert "has 'source_embed" in refused(config)
+    assert "has unexpected key 'source_embed" in refused(config)
     # ... and with the config.yaml DIRECT writes next to a checkpoint, it is named as such
     other = tmp_path / "teacher_run" / "model_0.pt"
     other.parent.mkdir()
@@ -482,7 +482,7 @@ def test_distillation_needs_a_base_student(engine, tmp_path):
         ({"privileged_context": False}, {}, "additional_models.teacher has privileged_context false"),
         ({"token_grids": [3, 4, 5, 6, 7, 9]}, {}, r"additional_models.teacher has token_grids=\[3, 4, 5, 6, 7, 9\]"),
         ({"codebook_size": 32}, {}, "additional_models.teacher has codebook_size=32"),
-        ({"depth": 4}, {}, "has no 'blocks.3.* that the configured network needs"),
+        ({"depth": 4}, {}, "has no key 'blocks.3.* that the configured network needs"),
         ({}, {"rollout": "beam"}, r"'beam', expected one of \[argmax, multinomial, top_k_top_p\]\n.*rollout"),
     ],
 )

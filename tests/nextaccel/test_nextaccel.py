@@ -217,7 +217,7 @@ def test_context_encoder_initialises_from_the_aqvae_encoder():
     for key, value in aqvae.encoder.state_dict().items():
         assert torch.equal(model.context_encoder.state_dict()[key], value), key
     wider = AQVAE(**{**aqvae_args, "base_channels": 16})
-    with pytest.raises(ValueError, match=r"key 'conv_in.weight' has shape \(16, 2, 3, 3\).* needs \(8, 2, 3, 3\)"):
+    with pytest.raises(ValueError, match=r"has 'conv_in.weight' of shape \(16, 2, 3, 3\).* needs \(8, 2, 3, 3\)"):
         model.init_context_encoder_from(wider.encoder.state_dict())
     with pytest.raises(ValueError, match=r"no key 'conv_in\.weight'"):
         model.init_context_encoder_from(aqvae.state_dict())
