@@ -98,15 +98,7 @@ class MIAREngine(PluginEngine):
     CONFIG_CLASS: ClassVar[type] = MIARConfig
 
     def __init__(self, cfg, model, device, forward_operator, backward_operator, mixed_precision=False, **models):
-        super().__init__(
-            cfg,
-            model,
-            device,
-            forward_operator=forward_operator,
-            backward_operator=backward_operator,
-            mixed_precision=mixed_precision,
-            **models,
-        )
+        super().__init__(cfg, model, device, forward_operator, backward_operator, mixed_precision, **models)
         if not isinstance(self.miar, MIAR):
             raise TypeError(f"{type(self).__name__} trains miar.miar.MIAR, got {type(self.miar).__name__}")
         self.load_tokenizer()

@@ -66,15 +66,7 @@ class AQVAEEngine(TokenizerEngine):
     CONFIG_CLASS: ClassVar[type] = AQVAEConfig
 
     def __init__(self, cfg, model, device, forward_operator, backward_operator, mixed_precision=False, **models):
-        super().__init__(
-            cfg,
-            model,
-            device,
-            forward_operator=forward_operator,
-            backward_operator=backward_operator,
-            mixed_precision=mixed_precision,
-            **models,
-        )
+        super().__init__(cfg, model, device, forward_operator, backward_operator, mixed_precision, **models)
         self.families = tuple(cfg.model.mask_families)
         self.center_fraction = cfg.model.mask_center_fraction
         self.output_levels = tuple(cfg.model.output_levels)

@@ -68,15 +68,7 @@ class NextAccelEngine(PluginEngine):
     CONFIG_CLASS: ClassVar[type] = NextAccelConfig
 
     def __init__(self, cfg, model, device, forward_operator, backward_operator, mixed_precision=False, **models):
-        super().__init__(
-            cfg,
-            model,
-            device,
-            forward_operator=forward_operator,
-            backward_operator=backward_operator,
-            mixed_precision=mixed_precision,
-            **models,
-        )
+        super().__init__(cfg, model, device, forward_operator, backward_operator, mixed_precision, **models)
         config = cfg.model
         if not isinstance(self.transformer, NextAccel):
             raise TypeError(f"{type(self).__name__} trains nextaccel.nextaccel.NextAccel, got {type(model).__name__}")
