@@ -176,7 +176,7 @@ def test_missing_fully_sampled_kspace_is_a_clear_error():
 
 def test_adversarial_term_trains_its_own_discriminator():
     engine, batch = engine_and_batch()
-    engine.cfg.model.discriminator_backbone = "patch"
+    OmegaConf.update(engine.cfg, "model.discriminator_backbone", "patch")
     engine.cfg.training.loss.losses.append({"function": "adversarial_loss", "multiplier": 0.1})
     engine._build_discriminator()
     assert "discriminator" in engine.models  # saved in checkpoints with the tokenizer
