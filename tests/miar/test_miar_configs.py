@@ -110,6 +110,7 @@ def test_miar_configs_build_their_model(path):
             "miar.yaml": 114_377_312,
             "miar_t1t2.yaml": 114_378_752,  # T1 -> T2: 160 x 3 x 3 weights of the T1 channel
             "small/msvqvae.yaml": SMALL_MSVQVAE,
+            "small/msvqvae_stride2.yaml": 733_906,  # stride 2: one level less of encoder and decoder
         }
         assert trainable == expected[str(pathlib.Path(path).relative_to("projects/miar_brain/configs"))]
 
