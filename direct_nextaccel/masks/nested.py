@@ -233,9 +233,15 @@ def shared_calibration_mask(shape: Sequence[int], center_fraction: float | None 
     ValueError
         If the centres share no sample (cannot happen for centred centres; checked rather than assumed).
     """
-    shared = np.logical_and.reduce([calibration_mask(family, shape, center_fraction) for family in FAMILIES])
+    return _shared_calibration(_shape_2d(shape), _center_value(center_fraction)).copy()
+
+
+@functools.lru_cache(maxsize=16)
+def _shared_calibration(shape: tuple[int, int], center: float) -> np.ndarray:
+    # Cached: the engines ask for it every iteration (intensity reference), and the 2D discs sort every k-space point.
+    shared = np.logical_and.reduce([calibration_mask(family, shape, center) for family in FAMILIES])
     if not shared.any():
-        raise ValueError(f"the calibration centres of {FAMILIES} share no sample for matrix {tuple(shape)}")
+        raise ValueError(f"the calibration centres of {FAMILIES} share no sample for matrix {shape}")
     return shared
 
 
