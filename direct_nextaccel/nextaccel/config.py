@@ -200,6 +200,7 @@ class NextAccelConfig(DecodingOptions, LRScheduleOptions, AQVAEShape, ModelConfi
         "tokenizer_checkpoint",
         "tokenizer_quant_resi",
         "mask_family",
+        "mask_families",
         "mask_center_fraction",
         "training_masks",
         "data_consistency",
@@ -229,6 +230,9 @@ class NextAccelConfig(DecodingOptions, LRScheduleOptions, AQVAEShape, ModelConfi
     # The one nested mask family of this model (paper: one model per family) and its calibration centre; DIRECT's
     # dataset masking must give level R32 of the same family (`masking.name: Nested<Family>`, `use_seed: true`).
     mask_family: MaskFamily = MaskFamily.cartesian_y
+    # Beyond the paper: one model for several nested families (issue 16). Empty: `mask_family` alone. Training with
+    # fresh masks draws one of these families per slice and step; the family is the model's conditioning label.
+    mask_families: tuple[MaskFamily, ...] = ()
     mask_center_fraction: float = 0.015625
     # Training acquisitions: "file" = DIRECT's per-file seed (its R32 input is checked to be level R32), "fresh" = a
     # new nested mask per slice and iteration (augmentation; DIRECT's training input is then not used).

@@ -127,8 +127,9 @@ def load_tokenizer(
     arguments = tokenizer_arguments(model_config)
     check_run_config(path, {"model_name": "nextaccel.aqvae.AQVAE", **arguments}, what)
     families = saved_model_value(path, "mask_families")
-    if families is not None and model_config["mask_family"] not in families:
-        raise ValueError(f"{what} was trained on mask families {families}, not on {model_config['mask_family']!r}")
+    wanted = [str(family) for family in (model_config.get("mask_families") or [model_config["mask_family"]])]
+    if families is not None and (missing := [family for family in wanted if family not in families]):
+        raise ValueError(f"{what} was trained on mask families {families}, not on {missing[0]!r}")
     tokenizer = _tokenizer_network(arguments, model_config)
     check_kind(tokenizer, checkpoint["model"], what)
     check_convention(checkpoint["model"], what)

@@ -79,6 +79,13 @@ class NextAccelEngine(PluginEngine):
                 f"not train: use engine_name: {engine}"
             )
         self.family = family_of(config.mask_family)
+        #: every family the model is trained on (model.mask_families, else model.mask_family alone)
+        self.families = [family_of(str(family)) for family in (config.mask_families or [config.mask_family])]
+        if len(self.families) > 1 and config.training_masks != "fresh":
+            raise ValueError(
+                f"model.mask_families {self.families} trains one model on several families with "
+                "model.training_masks: fresh (a family and a nested mask drawn per slice and step)"
+            )
         self.center_fraction = config.mask_center_fraction
         mask_func_for_family(self.family, (LEVELS[0],), [self.center_fraction])  # refuses a bad centre fraction
         self._mask_generator = torch.Generator().manual_seed(torch.initial_seed() % 2**63)
@@ -196,10 +203,11 @@ class NextAccelEngine(PluginEngine):
             )
         kspace = data["kspace"]
         filenames = [str(name) for name in data["filename"]]
-        families = [self.family] * len(filenames)
         fresh = self.model.training and self.cfg.model.training_masks == "fresh"
+        families = [self.family] * len(filenames)
         seeds = None
         if fresh:
+            families = acquisition.choose_families(filenames, self.families, self._mask_generator)
             seeds = [tuple(torch.randint(2**31, (2,), generator=self._mask_generator).tolist()) for _ in filenames]
         masks = acquisition.level_masks(filenames, families, tuple(kspace.shape[2:4]), self.center_fraction, seeds)
         masks = masks.to(kspace.device)
