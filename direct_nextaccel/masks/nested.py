@@ -53,6 +53,7 @@ __all__ = [
     "calibration_mask",
     "family_index",
     "family_of",
+    "fresh_level_maps",
     "level_map",
     "mask_func_for_family",
     "nested_masks",
@@ -72,6 +73,7 @@ DEFAULT_CENTER_FRACTION = 1 / 64
 FULLY_SAMPLED = len(LEVELS)  # level index of locations only the fully sampled data has
 _GOLDEN_ANGLE = math.pi * 2 / (1 + math.sqrt(5))  # pi / golden ratio: spokes through the centre cover [0, pi)
 _SPOKE_CHUNK = 256
+_NEVER = torch.iinfo(torch.int64).max  # first spoke of a pixel no spoke reaches
 
 Seed = int | tuple[int, ...] | None
 
@@ -245,121 +247,236 @@ def _shared_calibration(shape: tuple[int, int], center: float) -> np.ndarray:
     return shared
 
 
-def _cartesian_line_levels(num_lines: int, center: float, rng: np.random.Generator) -> np.ndarray:
-    """Level of each line, built fine to coarse so every level is an equispaced subset of the next finer one.
+def _cartesian_phase_ranges(num_lines: int, center: float) -> list[int]:
+    """Range of the seeded phase of each Cartesian level, R2 first: the number of lines it subsamples (at least 1)."""
+    outer_budgets = _budgets(num_lines) - int(_centre_lines(num_lines, center).sum())
+    totals = [num_lines - int(_centre_lines(num_lines, center).sum()), *outer_budgets[:0:-1].tolist()]
+    return [max(int(total), 1) for total in totals]
 
-    The R=2 outer lines are an evenly spaced subset (seeded phase) of the non-centre lines, R=4 an evenly spaced
-    subset of those, and so on: counts are exact and the levels nested.
+
+def _cartesian_line_levels(num_lines: int, center: float, phases: torch.Tensor) -> torch.Tensor:
+    """Level of each line ``(B, num_lines)`` ``int8``, built fine to coarse so every level is an equispaced subset of
+    the next finer one.
+
+    The R=2 outer lines are an evenly spaced subset of the non-centre lines, R=4 an evenly spaced subset of those, and
+    so on: counts are exact and the levels nested. ``phases`` ``(B, 5)`` (long, R2 first) are the seeded offsets,
+    each in ``[0, total)`` of :func:`_cartesian_phase_ranges`.
     """
+    device = phases.device
     centre = _centre_lines(num_lines, center)
-    levels = np.full(num_lines, FULLY_SAMPLED, dtype=np.int8)
-    levels[centre] = 0
-    chosen = np.flatnonzero(~centre)
+    batch = phases.shape[0]
+    levels = torch.full((batch, num_lines), FULLY_SAMPLED, dtype=torch.int8, device=device)
+    levels.masked_fill_(torch.from_numpy(centre).to(device), 0)
+    chosen = torch.from_numpy(np.flatnonzero(~centre)).to(device).expand(batch, -1)  # B, T
     outer_budgets = _budgets(num_lines) - int(centre.sum())
-    for index in reversed(range(len(LEVELS))):
-        keep = int(outer_budgets[index])
-        total = chosen.size
-        phase = int(rng.integers(total)) if total else 0
+    for step, index in enumerate(reversed(range(len(LEVELS)))):
+        keep, total = int(outer_budgets[index]), chosen.shape[1]
         # Exact integer arithmetic: floor((j * total + phase) / keep) is strictly increasing and < total.
-        chosen = chosen[(np.arange(keep) * total + phase) // keep] if keep else chosen[:0]
-        levels[chosen] = index
+        picks = (torch.arange(keep, device=device)[None] * total + phases[:, step, None]) // max(keep, 1)  # B, keep
+        chosen = chosen.gather(1, picks)
+        levels.scatter_(1, chosen, index)
     return levels
 
 
-def _gaussian_levels(shape: tuple[int, int], center: float, rng: np.random.Generator) -> np.ndarray:
-    rows, cols = shape
-    centre = _centre_2d(shape, center)
-    std_rows, std_cols = (6 * math.sqrt(max(size // 2, 1)) for size in shape)
-    dist = (np.arange(rows)[:, None] - rows // 2) ** 2 / (2 * std_rows**2) + (
-        np.arange(cols)[None, :] - cols // 2
-    ) ** 2 / (2 * std_cols**2)  # H, W
-    # Efraimidis-Spirakis keys E / w in log space: ascending order = weighted sampling without replacement.
-    with np.errstate(divide="ignore"):
-        keys = np.log(rng.standard_exponential(shape)) + dist
-    keys[centre] = -np.inf
-    rank = np.empty(rows * cols, dtype=np.int64)
-    rank[np.argsort(keys, axis=None, kind="stable")] = np.arange(rows * cols)
-    return np.searchsorted(_budgets(rows * cols), rank, side="right").astype(np.int8).reshape(shape)
+def _gaussian_levels(shape: tuple[int, int], center: float, log_exponentials: torch.Tensor) -> torch.Tensor:
+    """Level map ``(B, H, W)`` ``int8`` of Gaussian variable density from ``log(E)``, ``E`` standard exponential
+    ``(B, H, W)`` float64.
 
-
-def _spoke_pixels(shape: tuple[int, int], angles: np.ndarray) -> np.ndarray:
-    """Flat pixel indices ``(S, L)`` of digital lines through the centre (-1 past the matrix), ``L = max(H, W)``.
-
-    Angles are in pixel units. Each spoke steps one pixel along its dominant axis, so it is 8-connected and holds
-    each of its pixels once.
+    Efraimidis-Spirakis keys ``E / w`` in log space: ascending order is weighted sampling without replacement with
+    weights ``w``, DIRECT's ``Gaussian2D`` density; the calibration centre first.
     """
     rows, cols = shape
-    centre_row, centre_col = rows // 2, cols // 2
-    step = np.arange(max(rows, cols))[None, :]  # 1, L
-    sin, cos = np.sin(angles)[:, None], np.cos(angles)[:, None]  # S, 1
-    along_cols = np.abs(cos) >= np.abs(sin)
-    slope = np.divide(sin, cos, out=np.zeros_like(sin), where=along_cols)
-    inverse_slope = np.divide(cos, sin, out=np.zeros_like(cos), where=~along_cols)
-    row = np.where(along_cols, np.rint(centre_row + (step - centre_col) * slope), step)  # S, L
-    col = np.where(along_cols, step, np.rint(centre_col + (step - centre_row) * inverse_slope))  # S, L
-    inside = (row >= 0) & (row < rows) & (col >= 0) & (col < cols)
-    return np.where(inside, row * cols + col, -1).astype(np.int64)
+    device = log_exponentials.device
+    std_rows, std_cols = (6 * math.sqrt(max(size // 2, 1)) for size in shape)
+    row = torch.arange(rows, device=device, dtype=torch.float64)[:, None] - rows // 2
+    col = torch.arange(cols, device=device, dtype=torch.float64)[None, :] - cols // 2
+    dist = row**2 / (2 * std_rows**2) + col**2 / (2 * std_cols**2)  # H, W
+    centre = torch.from_numpy(_centre_2d(shape, center)).to(device)
+    keys = (log_exponentials + dist).masked_fill(centre, -math.inf).flatten(1)  # B, H W
+    order = torch.argsort(keys, dim=1, stable=True)
+    rank = torch.empty_like(order).scatter_(1, order, torch.arange(rows * cols, device=device).expand_as(order))
+    budgets = torch.from_numpy(_budgets(rows * cols)).to(device)
+    return torch.bucketize(rank, budgets, right=True).to(torch.int8).view(-1, rows, cols)
 
 
-def _radial_levels(shape: tuple[int, int], center: float, rng: np.random.Generator) -> np.ndarray:
+def _spoke_first_hits(shape: tuple[int, int], first_angle: torch.Tensor, start: int, count: int) -> torch.Tensor:
+    """Index of the first of golden-angle spokes ``start ... start + count - 1`` through each pixel, ``(B, H W)``
+    long, :data:`_NEVER` where none passes.
+
+    Spoke ``k`` of a sample has angle ``first_angle + k * golden angle`` (in pixel units) and is a digital line through
+    the centre that steps one pixel along its dominant axis, so it is 8-connected and holds each of its pixels once.
+    """
     rows, cols = shape
-    num_points = rows * cols
-    budgets = _budgets(num_points)
-    centre = _centre_2d(shape, center).ravel()
-    first_angle = rng.uniform(0, math.pi)
-    top_up_order = rng.permutation(num_points)
+    device = first_angle.device
+    centre_row, centre_col = rows // 2, cols // 2
+    index = torch.arange(start, start + count, device=device)  # S
+    angles = first_angle[:, None] + index.to(torch.float64) * _GOLDEN_ANGLE  # B, S
+    sin, cos = angles.sin()[..., None], angles.cos()[..., None]  # B, S, 1
+    along_cols = cos.abs() >= sin.abs()
+    slope = torch.where(along_cols, sin / torch.where(along_cols, cos, 1.0), 0.0)
+    inverse_slope = torch.where(along_cols, 0.0, cos / torch.where(along_cols, 1.0, sin))
+    step = torch.arange(max(rows, cols), device=device, dtype=torch.float64)  # L
+    row = torch.where(along_cols, torch.round(centre_row + (step - centre_col) * slope), step)  # B, S, L
+    col = torch.where(along_cols, step, torch.round(centre_col + (step - centre_row) * inverse_slope))  # B, S, L
+    inside = (row >= 0) & (row < rows) & (col >= 0) & (col < cols)
+    pixels = torch.where(inside, row * cols + col, rows * cols).long().flatten(1)  # B, S L; outside -> a spare slot
+    spoke = index[None, :, None].expand(angles.shape[0], count, step.shape[0]).flatten(1)  # B, S L
+    hits = torch.full((angles.shape[0], rows * cols + 1), _NEVER, dtype=torch.long, device=device)
+    return hits.scatter_reduce_(1, pixels, spoke, "amin")[:, :-1]
 
-    # first_spoke[p]: index of the first spoke through pixel p. Spokes are generated until the calibration centre
-    # and the spokes cover the R=2 budget; the cap is where golden-angle gaps (below 2.7 pi / spokes) are already
-    # narrower than one pixel at the corners, so more spokes would add nothing.
-    never = np.iinfo(np.int64).max
-    first_spoke = np.full(num_points, never, dtype=np.int64)
+
+def _spokes_for(shape: tuple[int, int], center: float, first_angle: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """First spoke per pixel ``(B, H W)`` and the number of spokes drawn: chunks of :data:`_SPOKE_CHUNK` until the
+    calibration centre and the spokes of every sample cover the R=2 budget. The cap is where golden-angle gaps (below
+    2.7 pi / spokes) are narrower than one pixel at the corners, so more spokes would add nothing."""
+    rows, cols = shape
+    budget = int(_budgets(rows * cols)[-1])
+    centre = torch.from_numpy(_centre_2d(shape, center).ravel()).to(first_angle.device)
     max_spokes = math.ceil(4 * math.pi * math.hypot(rows, cols) / 2) + _SPOKE_CHUNK
+    first_spoke = torch.full((first_angle.shape[0], rows * cols), _NEVER, dtype=torch.long, device=first_angle.device)
     num_spokes = 0
-    while num_spokes < max_spokes and np.count_nonzero(centre | (first_spoke < never)) < budgets[-1]:
-        index = np.arange(num_spokes, num_spokes + _SPOKE_CHUNK)
-        pixels = _spoke_pixels(shape, first_angle + index * _GOLDEN_ANGLE)
-        inside = pixels >= 0
-        np.minimum.at(first_spoke, pixels[inside], np.broadcast_to(index[:, None], pixels.shape)[inside])
+    while num_spokes < max_spokes and int((centre | (first_spoke < _NEVER)).sum(dim=1).min()) < budget:
+        first_spoke = torch.minimum(first_spoke, _spoke_first_hits(shape, first_angle, num_spokes, _SPOKE_CHUNK))
         num_spokes += _SPOKE_CHUNK
+    return first_spoke, num_spokes
 
-    hit = (first_spoke < never) & ~centre
-    # covered[k] = |centre ∪ first k spokes|
-    covered = np.concatenate(([0], np.cumsum(np.bincount(first_spoke[hit], minlength=num_spokes)))) + centre.sum()
 
-    levels = np.full(num_points, FULLY_SAMPLED, dtype=np.int8)
-    levels[centre] = 0
-    topped_up = np.zeros(num_points, dtype=bool)
-    spokes_used = 0
-    for index, budget in enumerate(budgets):
+@functools.lru_cache(maxsize=16)
+def _fresh_spoke_count(shape: tuple[int, int], center: float) -> int:
+    """Spokes that cover the R=2 budget whatever the first angle (the most over 16 angles, plus one chunk): fresh
+    masks draw this many up front instead of checking the coverage on the host."""
+    angles = torch.linspace(0, math.pi, 17, dtype=torch.float64)[:-1]
+    return _spokes_for(shape, center, angles)[1] + _SPOKE_CHUNK
+
+
+def _radial_levels(
+    shape: tuple[int, int],
+    center: float,
+    first_angle: torch.Tensor,
+    top_up_order: torch.Tensor,
+    first_spoke: torch.Tensor,
+    num_spokes: int,
+) -> torch.Tensor:
+    """Level map ``(B, H, W)`` ``int8``: golden-angle spokes added while they fit in a level's budget, then random
+    points (in ``top_up_order``, a permutation ``(B, H W)``) so the count is exact; the next level continues the same
+    spoke sequence. ``first_spoke`` ``(B, H W)`` comes from :func:`_spoke_first_hits` for spokes ``0 ... num_spokes -
+    1``."""
+    rows, cols = shape
+    batch, device = first_angle.shape[0], first_angle.device
+    centre = torch.from_numpy(_centre_2d(shape, center).ravel()).to(device)
+    reached = first_spoke < _NEVER
+    spoke_bin = torch.where(reached, first_spoke, num_spokes)  # B, H W; num_spokes: no spoke
+    ones = torch.ones_like(spoke_bin)
+    new_points = torch.zeros(batch, num_spokes + 1, dtype=torch.long, device=device)
+    new_points.scatter_add_(1, torch.where(centre, num_spokes, spoke_bin), ones)
+    # covered[:, k] = |centre ∪ first k spokes|
+    covered = torch.cat([new_points.new_zeros(batch, 1), new_points[:, :-1].cumsum(dim=1)], dim=1) + centre.sum()
+
+    levels = torch.full((batch, rows * cols), FULLY_SAMPLED, dtype=torch.int8, device=device)
+    levels.masked_fill_(centre, 0)
+    topped_up = torch.zeros(batch, rows * cols, dtype=torch.bool, device=device)
+    spokes_used = torch.zeros(batch, 1, dtype=torch.long, device=device)
+    for index, budget in enumerate(_budgets(rows * cols).tolist()):
         # Points added at random earlier and crossed by a later spoke are counted once: the sampled count after k
         # spokes is covered[k] plus the random points no spoke among the first k reaches; it grows with k.
-        random_first_spoke = np.sort(first_spoke[topped_up])
-        beyond = random_first_spoke.size - np.searchsorted(random_first_spoke, np.arange(num_spokes + 1))
-        spokes = int(np.searchsorted(covered + beyond, budget, side="right")) - 1
-        levels[(first_spoke >= spokes_used) & (first_spoke < spokes) & (levels == FULLY_SAMPLED)] = index
+        random_points = torch.zeros(batch, num_spokes + 1, dtype=torch.long, device=device)
+        random_points.scatter_add_(1, spoke_bin, topped_up.long())
+        beyond = random_points.flip(1).cumsum(dim=1).flip(1)  # B, K + 1: random points first reached at k or never
+        limit = torch.full((batch, 1), budget, dtype=torch.long, device=device)
+        spokes = torch.searchsorted(covered + beyond, limit, right=True) - 1  # B, 1
+        on_spokes = (first_spoke >= spokes_used) & (first_spoke < spokes) & (levels == FULLY_SAMPLED)
+        levels = levels.masked_fill(on_spokes, index)
         spokes_used = spokes
-        missing = int(budget - np.count_nonzero(levels <= index))
-        extra = top_up_order[levels[top_up_order] == FULLY_SAMPLED][:missing]
-        levels[extra] = index
-        topped_up[extra] = True
-    return levels.reshape(shape)
+        missing = budget - (levels <= index).sum(dim=1, keepdim=True)  # B, 1
+        free = levels.gather(1, top_up_order) == FULLY_SAMPLED  # B, H W in top-up order
+        extra = torch.zeros_like(topped_up).scatter_(1, top_up_order, free & (free.cumsum(dim=1) <= missing))
+        levels = levels.masked_fill(extra, index)
+        topped_up |= extra
+    return levels.view(batch, rows, cols)
 
 
 def _build_level_map(family: str, shape: tuple[int, int], seed: Seed, center: float) -> np.ndarray:
+    """The level map of one seed: numpy's generator draws the random inputs (DIRECT's per-file seeding), the shared
+    torch construction of each family turns them into levels on the CPU."""
     rows, cols = shape
     rng = np.random.default_rng(seed)
-    if family == "cartesian_y":
-        _check_size(family, cols, "columns")
-        levels = np.broadcast_to(_cartesian_line_levels(cols, center, rng)[None, :], shape).copy()
-    elif family == "cartesian_x":
-        _check_size(family, rows, "rows")
-        levels = np.broadcast_to(_cartesian_line_levels(rows, center, rng)[:, None], shape).copy()
-    else:
-        _check_size(family, rows * cols, "points")
-        build = _gaussian_levels if family == "gaussian2d" else _radial_levels
-        levels = build(shape, center, rng)
-    return levels
+    if family in ("cartesian_y", "cartesian_x"):
+        num_lines = cols if family == "cartesian_y" else rows
+        _check_size(family, num_lines, "columns" if family == "cartesian_y" else "rows")
+        phases = [int(rng.integers(total)) for total in _cartesian_phase_ranges(num_lines, center)]
+        lines = _cartesian_line_levels(num_lines, center, torch.tensor([phases])).numpy()[0]
+        return np.broadcast_to(lines[None, :] if family == "cartesian_y" else lines[:, None], shape).copy()
+    _check_size(family, rows * cols, "points")
+    if family == "gaussian2d":
+        with np.errstate(divide="ignore"):
+            log_exponentials = np.log(rng.standard_exponential(shape))
+        return _gaussian_levels(shape, center, torch.from_numpy(log_exponentials)[None]).numpy()[0]
+    first_angle = torch.tensor([rng.uniform(0, math.pi)], dtype=torch.float64)
+    top_up_order = torch.from_numpy(rng.permutation(rows * cols))[None]
+    first_spoke, num_spokes = _spokes_for(shape, center, first_angle)
+    return _radial_levels(shape, center, first_angle, top_up_order, first_spoke, num_spokes).numpy()[0]
+
+
+def fresh_level_maps(
+    families: Sequence[str],
+    shape: Sequence[int],
+    center_fraction: float | None,
+    generator: torch.Generator,
+) -> torch.Tensor:
+    """Level maps ``(B, H, W)`` ``int8`` of new random acquisitions, one per entry of ``families``, built on the
+    generator's device in one vectorised pass per family (training with a fresh mask per slice and step).
+
+    The construction is that of :func:`level_map` (the same functions), with torch's ``generator`` instead of
+    numpy's seeded one as the source of the random inputs: the masks have the structure of the per-file masks
+    (nested levels, exact budgets, the same calibration centre and sampling density) but not numpy's random stream.
+    Nothing is read back to the host, so on a GPU the call queues its kernels and returns.
+
+    Parameters
+    ----------
+    families : sequence of str
+        One family (or DIRECT masking name) per sample, length B.
+    shape : sequence of two ints
+        ``(H, W)``.
+    center_fraction : float or int, optional
+        DIRECT-style calibration centre; default 1/64.
+    generator : torch.Generator
+        Source of randomness; the maps are built on its device.
+    """
+    shape, center = _shape_2d(shape), _center_value(center_fraction)
+    rows, cols = shape
+    device = generator.device
+    families = [family_of(family) for family in families]
+    maps = torch.empty((len(families), rows, cols), dtype=torch.int8, device=device)
+    for family in dict.fromkeys(families):
+        members = [index for index, name in enumerate(families) if name == family]
+        count = len(members)
+        if family in ("cartesian_y", "cartesian_x"):
+            num_lines = cols if family == "cartesian_y" else rows
+            _check_size(family, num_lines, "columns" if family == "cartesian_y" else "rows")
+            ranges = torch.tensor(
+                [max(total, 1) for total in _cartesian_phase_ranges(num_lines, center)], device=device
+            )
+            uniform = torch.rand((count, len(LEVELS)), generator=generator, device=device, dtype=torch.float64)
+            lines = _cartesian_line_levels(num_lines, center, (uniform * ranges).long())  # B', N
+            levels = lines[:, None, :] if family == "cartesian_y" else lines[:, :, None]
+            levels = levels.expand(count, rows, cols)
+        else:
+            _check_size(family, rows * cols, "points")
+            if family == "gaussian2d":
+                exponentials = torch.empty((count, rows, cols), dtype=torch.float64, device=device)
+                levels = _gaussian_levels(shape, center, exponentials.exponential_(generator=generator).log())
+            else:
+                first_angle = torch.rand(count, generator=generator, device=device, dtype=torch.float64) * math.pi
+                keys = torch.rand((count, rows * cols), generator=generator, device=device)
+                top_up_order = keys.argsort(dim=1)  # a random permutation per sample
+                num_spokes = _fresh_spoke_count(shape, center)
+                first_spoke = torch.full((count, rows * cols), _NEVER, dtype=torch.long, device=device)
+                for start in range(0, num_spokes, _SPOKE_CHUNK):
+                    hits = _spoke_first_hits(shape, first_angle, start, _SPOKE_CHUNK)
+                    first_spoke = torch.minimum(first_spoke, hits)
+                levels = _radial_levels(shape, center, first_angle, top_up_order, first_spoke, num_spokes)
+        maps[torch.tensor(members, device=device)] = levels
+    return maps
 
 
 # DIRECT asks for the same file's mask once per slice; the cache returns read-only arrays that callers copy.
