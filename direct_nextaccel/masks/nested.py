@@ -353,14 +353,18 @@ def _radial_levels(
     shape: tuple[int, int],
     center: float,
     first_angle: torch.Tensor,
-    top_up_order: torch.Tensor,
+    top_up_rank: torch.Tensor,
     first_spoke: torch.Tensor,
     num_spokes: int,
 ) -> torch.Tensor:
     """Level map ``(B, H, W)`` ``int8``: golden-angle spokes added while they fit in a level's budget, then random
-    points (in ``top_up_order``, a permutation ``(B, H W)``) so the count is exact; the next level continues the same
-    spoke sequence. ``first_spoke`` ``(B, H W)`` comes from :func:`_spoke_first_hits` for spokes ``0 ... num_spokes -
-    1``."""
+    points (the free points of lowest ``top_up_rank``, ``(B, H W)``) so the count is exact; the next level continues
+    the same spoke sequence. ``first_spoke`` ``(B, H W)`` comes from :func:`_spoke_first_hits` for spokes ``0 ...
+    num_spokes - 1``.
+
+    The top-up of a level is smaller than the new points of one spoke (else that spoke would have fit), so at most
+    ``max(H, W)`` points: a partial selection instead of a sort of every point.
+    """
     rows, cols = shape
     batch, device = first_angle.shape[0], first_angle.device
     centre = torch.from_numpy(_centre_2d(shape, center).ravel()).to(device)
@@ -388,8 +392,10 @@ def _radial_levels(
         levels = levels.masked_fill(on_spokes, index)
         spokes_used = spokes
         missing = budget - (levels <= index).sum(dim=1, keepdim=True)  # B, 1
-        free = levels.gather(1, top_up_order) == FULLY_SAMPLED  # B, H W in top-up order
-        extra = torch.zeros_like(topped_up).scatter_(1, top_up_order, free & (free.cumsum(dim=1) <= missing))
+        candidates = torch.where(levels == FULLY_SAMPLED, top_up_rank, math.inf)
+        first = candidates.topk(min(max(rows, cols), rows * cols), dim=1, largest=False, sorted=True).indices  # B, L
+        take = torch.arange(first.shape[1], device=device)[None] < missing  # B, L
+        extra = torch.zeros_like(topped_up).scatter_(1, first, take)
         levels = levels.masked_fill(extra, index)
         topped_up |= extra
     return levels.view(batch, rows, cols)
@@ -412,9 +418,11 @@ def _build_level_map(family: str, shape: tuple[int, int], seed: Seed, center: fl
             log_exponentials = np.log(rng.standard_exponential(shape))
         return _gaussian_levels(shape, center, torch.from_numpy(log_exponentials)[None]).numpy()[0]
     first_angle = torch.tensor([rng.uniform(0, math.pi)], dtype=torch.float64)
-    top_up_order = torch.from_numpy(rng.permutation(rows * cols))[None]
+    top_up_rank = np.empty(rows * cols, dtype=np.float64)
+    top_up_rank[rng.permutation(rows * cols)] = np.arange(rows * cols)  # position of each point in the top-up order
     first_spoke, num_spokes = _spokes_for(shape, center, first_angle)
-    return _radial_levels(shape, center, first_angle, top_up_order, first_spoke, num_spokes).numpy()[0]
+    levels = _radial_levels(shape, center, first_angle, torch.from_numpy(top_up_rank)[None], first_spoke, num_spokes)
+    return levels.numpy()[0]
 
 
 def fresh_level_maps(
@@ -467,14 +475,14 @@ def fresh_level_maps(
                 levels = _gaussian_levels(shape, center, exponentials.exponential_(generator=generator).log())
             else:
                 first_angle = torch.rand(count, generator=generator, device=device, dtype=torch.float64) * math.pi
-                keys = torch.rand((count, rows * cols), generator=generator, device=device)
-                top_up_order = keys.argsort(dim=1)  # a random permutation per sample
+                # distinct with probability ~1 in float64: the order of a random permutation
+                top_up_rank = torch.rand((count, rows * cols), generator=generator, device=device, dtype=torch.float64)
                 num_spokes = _fresh_spoke_count(shape, center)
                 first_spoke = torch.full((count, rows * cols), _NEVER, dtype=torch.long, device=device)
                 for start in range(0, num_spokes, _SPOKE_CHUNK):
                     hits = _spoke_first_hits(shape, first_angle, start, _SPOKE_CHUNK)
                     first_spoke = torch.minimum(first_spoke, hits)
-                levels = _radial_levels(shape, center, first_angle, top_up_order, first_spoke, num_spokes)
+                levels = _radial_levels(shape, center, first_angle, top_up_rank, first_spoke, num_spokes)
         maps[torch.tensor(members, device=device)] = levels
     return maps
 

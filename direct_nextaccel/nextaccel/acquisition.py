@@ -6,6 +6,7 @@ same masks, the same coil combination and the same mapping between DIRECT's matr
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 
 import numpy as np
@@ -13,7 +14,13 @@ import torch
 
 from direct_nextaccel.core.images import file_seed, sense_adjoint
 from direct_nextaccel.core.intensity import reference_scale
-from direct_nextaccel.masks.nested import LEVELS, family_index, level_map, shared_calibration_mask
+from direct_nextaccel.masks.nested import (
+    LEVELS,
+    family_index,
+    fresh_level_maps,
+    level_map,
+    shared_calibration_mask,
+)
 
 NUM_LEVELS = len(LEVELS) + 1  # the five accelerations and the fully sampled data
 
@@ -46,14 +53,63 @@ def choose_families(filenames: Sequence[str], families: Sequence[str], generator
     return [families[i] for i in picks]
 
 
+FILE_MASK_CACHE_BYTES = 2**30
+"""Bound of the per-file level maps kept on each device (1 GiB: every file of fastMRI brain's training set at
+640 x 320 for the 2D families; a Cartesian map keeps one line)."""
+
+
+class _FileLevelMaps:
+    """The per-file level maps ``(H, W)`` ``int8`` on the device, least recently used first out past a byte bound.
+
+    A file's map depends only on (family, matrix, file name, centre): built once by :func:`level_map` (DIRECT's
+    per-file seeding, bit-identical to the mask DIRECT's ``Nested*`` masking gives), it is reused every later step
+    instead of being rebuilt with numpy on the training path.
+    """
+
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = max_bytes
+        self.bytes = 0
+        self.maps: OrderedDict[tuple, torch.Tensor] = OrderedDict()
+
+    def get(self, family: str, shape: tuple[int, int], filename: str, center: float | None, device) -> torch.Tensor:
+        key = (family, shape, str(filename), center, device)
+        levels = self.maps.get(key)
+        if levels is not None:
+            self.maps.move_to_end(key)
+            return levels
+        full = level_map(family, shape, seed=file_seed(filename), center_fraction=center)
+        # A Cartesian map repeats one line: keep the line and a broadcast view of it.
+        if (full == full[:1]).all():
+            levels = torch.from_numpy(full[:1].copy()).to(device).expand(shape)
+        elif (full == full[:, :1]).all():
+            levels = torch.from_numpy(full[:, :1].copy()).to(device).expand(shape)
+        else:
+            levels = torch.from_numpy(full).to(device)
+        self.maps[key] = levels
+        self.bytes += levels.untyped_storage().nbytes()
+        while self.bytes > self.max_bytes and len(self.maps) > 1:
+            _, dropped = self.maps.popitem(last=False)
+            self.bytes -= dropped.untyped_storage().nbytes()
+        return levels
+
+
+_FILE_MAPS = _FileLevelMaps(FILE_MASK_CACHE_BYTES)
+
+
 def level_masks(
     filenames: Sequence[str],
     families: Sequence[str],
     shape: tuple[int, int],
     center_fraction: float | None,
-    seeds: Sequence | None = None,
+    seeds: Sequence | torch.Generator | None = None,
+    device: torch.device | str | None = None,
 ) -> torch.Tensor:
-    """Nested masks of all six levels for each sample, seeded from its file name like DIRECT's own masks.
+    """Nested masks of all six levels for each sample: DIRECT's per-file masks, or fresh ones during training.
+
+    Per-file masks (``seeds`` None) are seeded from the file name like DIRECT's own masks and kept on the device
+    after a file's first step (a bounded cache, :data:`FILE_MASK_CACHE_BYTES`). Fresh masks are built by
+    :func:`~direct_nextaccel.masks.nested.fresh_level_maps`, vectorised over the batch on ``device`` with nothing
+    read back to the host.
 
     Parameters
     ----------
@@ -63,21 +119,36 @@ def level_masks(
         (H, W) of the k-space.
     center_fraction : float or None
         Calibration centre, as the mask functions take it.
-    seeds : sequence, optional
-        One mask seed per sample instead of the file seeds (fresh masks during training).
+    seeds : torch.Generator or sequence, optional
+        Fresh masks: the generator to draw them from (on ``device``), or one seed per sample (ints or tuples of
+        ints), which seed one generator on ``device`` for the batch.
+    device : torch.device or str, optional
+        Where the masks are built and returned; default the CPU.
 
     Returns
     -------
     torch.Tensor
         Boolean, shape (B, 6, H, W); index 0 is R = 32, index 5 the fully sampled data.
     """
-    seeds = [file_seed(name) for name in filenames] if seeds is None else seeds
-    maps = [
-        level_map(family, shape, seed=seed, center_fraction=center_fraction)
-        for seed, family in zip(seeds, families, strict=True)
-    ]
-    levels = np.arange(NUM_LEVELS)[None, :, None, None]
-    return torch.from_numpy(np.stack(maps)[:, None] <= levels)
+    device = torch.device("cpu" if device is None else device)
+    shape = (int(shape[0]), int(shape[1]))
+    if seeds is None:
+        maps = torch.stack(
+            [
+                _FILE_MAPS.get(family, shape, name, center_fraction, device)
+                for name, family in zip(filenames, families, strict=True)
+            ]
+        )
+    else:
+        if not isinstance(seeds, torch.Generator):
+            if len(seeds) != len(families):
+                raise ValueError(f"{len(seeds)} mask seeds for {len(families)} samples")
+            entropy = [int(value) for seed in seeds for value in np.atleast_1d(seed)]
+            seed = int(np.random.SeedSequence(entropy).generate_state(1, np.uint64)[0]) % 2**63
+            seeds = torch.Generator(device).manual_seed(seed)
+        maps = fresh_level_maps(families, shape, center_fraction, seeds).to(device)
+    levels = torch.arange(NUM_LEVELS, dtype=torch.int8, device=device)
+    return maps[:, None] <= levels[None, :, None, None]
 
 
 def hierarchy_images(
@@ -137,6 +208,7 @@ def family_labels(families: Sequence[str], device: torch.device) -> torch.Tensor
 
 
 __all__ = [
+    "FILE_MASK_CACHE_BYTES",
     "NUM_LEVELS",
     "choose_families",
     "family_labels",
