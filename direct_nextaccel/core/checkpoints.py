@@ -45,6 +45,7 @@ __all__ = [
     "atomic_write_text",
     "check_run_config",
     "checkpoint_file",
+    "filled_when_missing",
     "latest_checkpoint",
     "load_exactly",
     "plain_value",
@@ -159,6 +160,18 @@ def read_checkpoint(path: str | os.PathLike | None, what: str) -> dict[str, Any]
     return dict(checkpoint)
 
 
+def filled_when_missing(module: torch.nn.Module, key: str) -> bool:
+    """Whether the submodule owning state-dict entry ``key`` of ``module`` fills it in itself when a checkpoint lacks
+    it (an entry added after older checkpoints were written, listed in that submodule's ``FILLED_WHEN_MISSING`` and
+    supplied by its load hook)."""
+    path, _, name = key.rpartition(".")
+    try:
+        owner = module.get_submodule(path)
+    except AttributeError:
+        return False
+    return name in getattr(owner, "FILLED_WHEN_MISSING", ())
+
+
 def load_exactly(module: torch.nn.Module, state_dict: Mapping[str, Any], what: str, needs: str) -> None:
     """Load ``state_dict`` into ``module`` only if it has every key of the module, no other and every shape equal.
 
@@ -182,6 +195,8 @@ def load_exactly(module: torch.nn.Module, state_dict: Mapping[str, Any], what: s
     own = module.state_dict()
     for key, tensor in own.items():
         if key not in state_dict:
+            if filled_when_missing(module, key):
+                continue
             raise ValueError(f"{what} has no key '{key}' that {needs} needs: the architectures differ")
         if tuple(state_dict[key].shape) != tuple(tensor.shape):
             raise ValueError(
@@ -418,7 +433,7 @@ class PluginCheckpointer(Checkpointer):
         if not isinstance(state_dict, Mapping):
             raise CheckpointError(f"{where} has no state dict in its '{name}' entry")
         own = obj.state_dict()
-        missing = [key for key in own if key not in state_dict]
+        missing = [key for key in own if key not in state_dict and not filled_when_missing(obj, key)]
         if missing:
             kind = "another kind of model" if len(missing) == len(own) else "a different architecture"
             raise CheckpointError(
@@ -426,7 +441,7 @@ class PluginCheckpointer(Checkpointer):
                 f"of its {len(own)} weights, e.g. {missing[0]!r} ({kind})"
             )
         for key, tensor in own.items():
-            saved = state_dict[key]
+            saved = state_dict.get(key)
             if isinstance(saved, torch.Tensor) and tuple(saved.shape) != tuple(tensor.shape):
                 raise CheckpointError(
                     f"{where} has '{name}' weight {key!r} of shape {tuple(saved.shape)}, this {type(obj).__name__} "

@@ -198,6 +198,8 @@ class TeacherEngine(NextAccelEngine):
             raise TypeError(
                 f"additional_models.prefix_model must be nextaccel.nextaccel.NextAccel, got {type(prefix_model)}"
             )
+        # A base model's checkpoint older than the recorded families is taken to know the teacher's.
+        prefix_model.set_trained_families(self.transformer.trained_families.nonzero().flatten().tolist())
         self.prefix_model = load_prefix_model(
             prefix_model,
             additional.prefix_model,
@@ -275,6 +277,8 @@ class DistillationEngine(NextAccelEngine):
         teacher = self.models.pop("teacher")
         if not isinstance(teacher, NextAccel):
             raise TypeError(f"additional_models.teacher must be nextaccel.nextaccel.NextAccel, got {type(teacher)}")
+        # A teacher checkpoint older than the recorded families is taken to know the student's.
+        teacher.set_trained_families(self.transformer.trained_families.nonzero().flatten().tolist())
         self.teacher = load_teacher(
             teacher, cfg.additional_models.teacher, config, self.tokenizer.quantizer.codebook, config.teacher_checkpoint
         ).to(device)

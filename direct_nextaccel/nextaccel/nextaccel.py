@@ -22,15 +22,17 @@ Conditioning
     condition).
 """
 
+import logging
 import math
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from direct_nextaccel.core.checkpoints import load_exactly
+from direct_nextaccel.masks.nested import FAMILIES
 from direct_nextaccel.modules.attention import ContextKV, KVCache
 from direct_nextaccel.modules.decoding import (
     BEAM_TOKEN_COUNTS,
@@ -45,6 +47,8 @@ from direct_nextaccel.modules.quantizer import resize_latent
 from direct_nextaccel.modules.transformer import AdaLNBlock, block_causal_mask, init_transformer_weights, sincos_2d
 from direct_nextaccel.modules.vqvae import Encoder
 
+logger = logging.getLogger(__name__)
+
 GENERATION_MODES = (*SAMPLING_MODES, "beam")
 
 
@@ -53,13 +57,14 @@ def token_entropy(probs: Sequence[Tensor]) -> list[Tensor]:
     return [torch.special.entr(p.float()).sum(dim=-1) for p in probs]
 
 
-def uncertainty_map(probs: Sequence[Tensor], image_size: Sequence[int]) -> Tensor:
+def uncertainty_map(probs: Sequence[Tensor], image_size: Sequence[int], num_levels: int | None = None) -> Tensor:
     """Per-pixel uncertainty (B, H, W) in [0, 1] from the predicted levels' token distributions.
 
     Each level's token entropy, divided by log V (1 = uniform over the codebook), is enlarged bilinearly to the
     image and weighted by the level's share in the AQ-VAE's fused latent, which averages all levels equally. The
-    given R32 level counts as a level with zero entropy, so with the five predicted levels each weighs 1/6: a pixel
-    reads 1 only if every predicted level is uniform there, 0 if every level is certain.
+    given levels (R32, and the finer ones an acquisition below R = 32 contains) count as levels with zero entropy,
+    so from an R = 32 input the five predicted levels each weigh 1/6: a pixel reads 1 only if every level is uniform
+    there, 0 if every predicted level is certain.
 
     Parameters
     ----------
@@ -67,10 +72,15 @@ def uncertainty_map(probs: Sequence[Tensor], image_size: Sequence[int]) -> Tenso
         Probabilities (B, g, g, V) of the predicted levels, as returned by :meth:`NextAccel.generate`.
     image_size : Sequence[int]
         Output (H, W).
+    num_levels : int, optional
+        Levels of the fused latent, given and predicted; default ``len(probs) + 1`` (only R32 given).
     """
     if len(probs) == 0:
         raise ValueError("probs is empty: pass the probabilities of the predicted levels")
-    weight = 1.0 / (len(probs) + 1)
+    num_levels = len(probs) + 1 if num_levels is None else num_levels
+    if num_levels <= len(probs):
+        raise ValueError(f"num_levels {num_levels} must exceed the {len(probs)} predicted levels (R32 is given)")
+    weight = 1.0 / num_levels
     total = None
     for entropy, p in zip(token_entropy(probs), probs, strict=True):
         normalised = entropy / math.log(p.shape[-1])
@@ -111,7 +121,19 @@ class NextAccel(nn.Module):
         Cosine self-attention as in VAR.
     forward_operator, backward_operator
         Passed by DIRECT to every model; the transformer works on tokens and images and ignores them.
+
+    Attributes
+    ----------
+    trained_families : Tensor
+        Bool (num_families,) buffer: the mask families (FiLM labels, :data:`~direct_nextaccel.masks.nested.FAMILIES`
+        order) the model was trained on, set by the engine from the training configuration and saved in every
+        checkpoint, so that prediction refuses a family the checkpoint never saw whatever its own configuration says.
+        A checkpoint written before it existed keeps the value set before loading (the configured families), with a
+        logged warning.
     """
+
+    #: state-dict entries an older checkpoint may lack: the load fills them in (see ``trained_families``)
+    FILLED_WHEN_MISSING: ClassVar[tuple[str, ...]] = ("trained_families",)
 
     def __init__(
         self,
@@ -186,6 +208,8 @@ class NextAccel(nn.Module):
         )
 
         self.register_buffer("codebook", torch.randn(codebook_size, latent_dim))  # V, D; frozen copy of the AQ-VAE's
+        self.register_buffer("trained_families", torch.zeros(num_families, dtype=torch.bool))
+        self.register_load_state_dict_pre_hook(_fill_trained_families)
         self.word_embed = nn.Linear(latent_dim, embed_dim)
         self.pos_embed = nn.Parameter(torch.zeros(1, sum(self.lengths), embed_dim))  # 1, L, C
         self.family_embed = nn.Embedding(num_families, embed_dim)
@@ -269,6 +293,19 @@ class NextAccel(nn.Module):
             raise TypeError(f"codebook must be a floating-point tensor, got {codebook.dtype}")
         with torch.no_grad():
             self.codebook.copy_(codebook.detach())
+
+    # Trained families -----------------------------------------------------------------------------------------------
+
+    def set_trained_families(self, families: Sequence[int]) -> None:
+        """Record the family labels (indices into :data:`~direct_nextaccel.masks.nested.FAMILIES`) trained on."""
+        labels = [int(family) for family in families]
+        if not labels or any(not 0 <= label < self.num_families for label in labels):
+            raise ValueError(
+                f"trained families {labels} must be a non-empty list of labels in [0, {self.num_families})"
+            )
+        with torch.no_grad():
+            self.trained_families.zero_()
+            self.trained_families[labels] = True
 
     # Input checks ---------------------------------------------------------------------------------------------------
 
@@ -420,6 +457,16 @@ class NextAccel(nn.Module):
             x = block(x, cond, kv, cache=cache)
         return self._head(x, cond), {**state, "level": level + 1}
 
+    def _prefill(self, known: Sequence[Tensor], family: Tensor, context_kv: list[ContextKV], caches: list[KVCache]):
+        """Fill empty KV caches with the inputs of levels 1..n, made from the known tokens of levels 0..n-1, in one
+        block-causal pass (the head is not needed: those levels are known)."""
+        n = len(known)
+        x = torch.cat([self._level_input(known[level - 1], level) for level in range(1, n + 1)], dim=1)  # B, L, C
+        cond = self.family_embed(family)[:, None] + self.level_embed(self.level_of_token[: x.shape[1]])  # B, L, C
+        mask = block_causal_mask(self.lengths[:n], device=x.device)
+        for block, kv, cache in zip(self.blocks, context_kv, caches, strict=True):
+            x = block(x, cond, kv, attn_mask=mask, cache=cache)
+
     def _next_level_logits(self, history: list[Tensor], condition: dict[str, Any]) -> Tensor:
         """Cache-free decoding: recompute every known level with the block-causal mask, keep the newest logits."""
         return self._teacher_forced_logits(history, condition["family"], condition["context"])[-1]
@@ -427,7 +474,7 @@ class NextAccel(nn.Module):
     @torch.no_grad()
     def generate(
         self,
-        q32: Tensor,
+        known: Tensor | Sequence[Tensor],
         image32: Tensor,
         family: Tensor,
         mode: str = "argmax",
@@ -441,7 +488,12 @@ class NextAccel(nn.Module):
         use_cache: bool = True,
         fs_image: Tensor | None = None,
     ) -> list[Tensor] | tuple[list[Tensor], list[Tensor]]:
-        """Predict levels 1.. from Q32, one level per step, with cross-attention keys/values computed once.
+        """Predict the levels after the known ones, one level per step, with cross-attention keys/values computed once.
+
+        From an R = 32 acquisition only Q32 is known and levels 1.. are generated (the paper). An acquisition at a finer
+        level k of the nested ladder (R = 16, 8, 4, 2) contains levels 0..k: their tokens (the tokenizer's encoding of
+        each level's image) are given as a teacher-forced prefix, fed through the transformer once to fill its KV
+        cache (or its history without a cache), and only levels k+1.. are generated, in every decoding mode.
 
         Runs in the module's current mode (call ``.eval()`` for deterministic rollouts, drop path is random in
         training mode) under ``torch.no_grad`` (not inference mode, so the tokens can feed a later
@@ -449,10 +501,12 @@ class NextAccel(nn.Module):
 
         Parameters
         ----------
-        q32 : Tensor
-            Long (B, g_0, g_0) tokens of the R32 image from the AQ-VAE.
+        known : Tensor or Sequence[Tensor]
+            Long (B, g_0, g_0) tokens of the R32 image from the AQ-VAE (Q32), or the token maps (B, g_l, g_l) of
+            levels 0..k, k < num_levels - 1.
         image32, family, fs_image
-            As in :meth:`context`.
+            As in :meth:`context`. The context stays the R32 image whatever the acquisition: the model was trained
+            with it, and the finer levels' information enters through their tokens.
         mode : str
             ``"argmax"`` (paper default), ``"multinomial"``, ``"top_k_top_p"`` (see ``decoding.sample_tokens``) or
             ``"beam"`` (MIAR's beam search, ``decoding.beam_search``).
@@ -469,9 +523,9 @@ class NextAccel(nn.Module):
         Returns
         -------
         tokens : list of Tensor
-            Long (B, g_l, g_l) for every level, ``q32`` first.
+            Long (B, g_l, g_l) for every level, the known ones first.
         probs : list of Tensor
-            Only with ``return_probs``: float32 (B, g_l, g_l, V) for levels 1 .. num_levels-1.
+            Only with ``return_probs``: float32 (B, g_l, g_l, V) for the generated levels k+1 .. num_levels-1.
         """
         if mode not in GENERATION_MODES:
             raise ValueError(f"generation mode {mode!r} is not one of {GENERATION_MODES}")
@@ -482,33 +536,48 @@ class NextAccel(nn.Module):
         if mode in ("multinomial", "top_k_top_p") and temperature <= 0:
             raise ValueError(f"temperature {temperature} must be positive for sampling mode {mode!r}")
         batch = self._check_image("image32", image32)
-        self._check_tokens("q32", q32, 0, batch)
+        prefix = [known] if isinstance(known, Tensor) else list(known)
+        if not 1 <= len(prefix) < self.num_levels:
+            raise ValueError(
+                f"known tokens of {len(prefix)} levels: give those of levels 0..k with k < {self.num_levels - 1}, "
+                "at least Q32 and at least one level left to generate"
+            )
+        for level, tokens in enumerate(prefix):
+            self._check_tokens("q32" if isinstance(known, Tensor) else f"known[{level}]", tokens, level, batch)
+        first = len(prefix)  # the first generated level
         context_kv = self.context(image32, family, fs_image)
 
         step: StepFn
         state: Any
         if use_cache:
             caches = [KVCache() for _ in self.blocks]
-            step, state = self._cached_step, {"family": family, "context": context_kv, "caches": caches, "level": 1}
+            if first > 1:
+                self._prefill(prefix[:-1], family, context_kv, caches)
+            step, state = self._cached_step, {"family": family, "context": context_kv, "caches": caches, "level": first}
         else:
-            step, state = step_from_history(self._next_level_logits), ([], {"family": family, "context": context_kv})
+            history = [tokens.flatten(1) for tokens in prefix[:-1]]
+            step, state = (
+                step_from_history(self._next_level_logits),
+                (history, {"family": family, "context": context_kv}),
+            )
         recorded: list[Tensor] = []
         if return_probs and mode != "beam":
             step = _recording(step, recorded)
-        num_scales = self.num_levels - 1
+        num_scales = self.num_levels - first
+        last = prefix[-1].flatten(1)
         if mode == "beam":
-            generated, _ = beam_search(step, state, num_scales, q32.flatten(1), k=beam_k, alpha=beam_alpha)
+            generated, _ = beam_search(step, state, num_scales, last, k=beam_k, alpha=beam_alpha)
         else:
-            generated = decode(step, state, num_scales, q32.flatten(1), mode, temperature, top_k, top_p, generator)
-        tokens = [q32.long(), *(t.view(batch, g, g) for t, g in zip(generated, self.token_grids[1:], strict=True))]
+            generated = decode(step, state, num_scales, last, mode, temperature, top_k, top_p, generator)
+        grids = self.token_grids[first:]
+        tokens = [*(t.long() for t in prefix), *(t.view(batch, g, g) for t, g in zip(generated, grids, strict=True))]
         if not return_probs:
             return tokens
         if mode == "beam":
             # Beam search scores many candidates per level; the chosen path's logits are recomputed in one pass.
-            recorded = self._teacher_forced_logits(tokens[:-1], family, context_kv)
+            recorded = self._teacher_forced_logits(tokens[:-1], family, context_kv)[first - 1 :]
         probs = [
-            logits.float().softmax(dim=-1).view(batch, g, g, -1)
-            for logits, g in zip(recorded, self.token_grids[1:], strict=True)
+            logits.float().softmax(dim=-1).view(batch, g, g, -1) for logits, g in zip(recorded, grids, strict=True)
         ]
         return tokens, probs
 
@@ -522,3 +591,19 @@ def _recording(step: StepFn, logits: list[Tensor]) -> StepFn:
         return out, state
 
     return recording_step
+
+
+def _family_names(flags: Tensor) -> list[str]:
+    return [FAMILIES[i] if i < len(FAMILIES) else str(i) for i in flags.nonzero().flatten().tolist()]
+
+
+def _fill_trained_families(module: NextAccel, state_dict: dict[str, Tensor], prefix: str, *args: Any) -> None:
+    """Load hook: a checkpoint written before ``trained_families`` existed keeps the value set before loading."""
+    key = prefix + "trained_families"
+    if key not in state_dict:
+        state_dict[key] = module.trained_families.detach().clone()
+        logger.warning(
+            "The NextAccel checkpoint records no trained mask families (written before checkpoints recorded them): "
+            "taking the configured ones, %s.",
+            _family_names(module.trained_families) or "none",
+        )

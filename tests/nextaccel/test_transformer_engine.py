@@ -392,8 +392,16 @@ def test_dataset_mask_of_another_family_is_refused_in_training_and_prediction(tr
     batch = make_batch(family="radial")
     batch["sensitivity_map"] = trained_engine.compute_sensitivity_map(batch["sensitivity_map"])
     message = f"sampling mask of {FILENAME} is not level R32 of the nested cartesian_y mask .* name: NestedCartesianY"
-    with pytest.raises(ValueError, match=message):
-        trained_engine.training_outputs(batch)
+    trained_engine.model.train()
+    try:
+        with pytest.raises(ValueError, match=message):
+            trained_engine.training_outputs(batch)
+    finally:
+        trained_engine.model.eval()
+    message = (
+        f"sampling mask of {FILENAME} is the nested radial mask at R = 32, a family the checkpoint was not trained "
+        r"on: this checkpoint reconstructs the nested families \['cartesian_y'\]"
+    )
     with pytest.raises(ValueError, match=message), torch.no_grad():  # `direct predict` of a radial acquisition
         trained_engine.reconstruct(batch)
 
@@ -406,13 +414,15 @@ def test_fresh_training_masks_draw_new_acquisitions(tokenizer_checkpoint):
     assert not torch.equal(first[:, 0], second[:, 0])  # a new R32 acquisition per call
     torch.testing.assert_close(first[:, -1], second[:, -1])  # the same fully sampled image
     engine.model.eval()
-    with pytest.raises(ValueError, match="is not level R32"):  # evaluation keeps DIRECT's per-file masks
+    with pytest.raises(ValueError, match="nested radial mask at R = 32, a family"):  # evaluation: DIRECT's masks
         engine.hierarchy(batch)
 
 
-def test_input_at_another_acceleration_is_refused(trained_engine):
-    with pytest.raises(ValueError, match=f"the input of {FILENAME} is sampled at R = 8.0: NextAccel reconstructs"):
-        trained_engine.reconstruct(make_batch(level=2))
+def test_input_outside_the_ladder_is_refused(trained_engine):
+    batch = make_batch()
+    batch["sampling_mask"] = batch["sampling_mask"] & (torch.arange(64) % 2 == 0)[None, None, :, None, None]  # rows
+    with pytest.raises(ValueError, match=f"sampling mask of {FILENAME} is sampled at R = 64.0, outside the ladder"):
+        trained_engine.reconstruct(batch)
 
 
 def test_checkpoint_of_another_tokenizer_is_refused(trained_engine, tokenizer_checkpoint):

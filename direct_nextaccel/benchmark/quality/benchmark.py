@@ -82,7 +82,8 @@ def run_benchmark(
     family : str
         Family of methods with neither ``@FAMILY`` nor a config masking.
     acceleration : int
-        Acceleration of the zero-filled reference of a family without a run config.
+        Acceleration of every nested inference masking (each run's config, written to ``configs/<NAME>.yaml``) and
+        of the zero-filled reference; runs with other masks keep their config's.
     device : str
         ``cpu`` or a CUDA device, for ``direct predict``.
     figure : FigureRequest, optional
@@ -123,7 +124,7 @@ def run_benchmark(
         _panels(figure, volumes)  # bad figure settings fail before any prediction is made
     training = None if training_root is None else TrainingTargets.read(training_root)
 
-    entries = [prepare(row, data, output, family, device) for row in rows]
+    entries = [prepare(row, data, output, family, device, acceleration) for row in rows]
     tables, figures = [], {}
     for name in list(dict.fromkeys(entry.family for entry in entries)) or [family]:
         members = [entry for entry in entries if entry.family == name]

@@ -90,7 +90,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=int,
         default=DEFAULT_ACCELERATION,
         metavar="R",
-        help=f"R of the zero-filled reference of a family without a run config (default {DEFAULT_ACCELERATION})",
+        help=f"R of the nested masks (default {DEFAULT_ACCELERATION}): the inference masking of every run with a "
+        "nested family (NextAccel, baselines, bounds; other masks keep their config's) and of the zero-filled "
+        "reference; one of 32, 16, 8, 4, 2",
     )
     parser.add_argument("--device", default="cpu", help="device of direct predict: cpu (default) or cuda")
     parser.add_argument("--weights-dir", type=Path, metavar="DIR", help="local LPIPS/DISTS weights (sets the env var)")

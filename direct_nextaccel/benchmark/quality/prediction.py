@@ -2,7 +2,12 @@
 process, timed by DIRECT's own clock, for ``--run`` methods and ``--bound`` rows.
 
 - **Family** of a row: ``NAME@FAMILY``, else the family of the run config's ``inference.dataset.transforms.masking``
-  name (:func:`inference_masking`), else ``--family``.
+  name (:func:`inference_masking`), else ``--family``. A NextAccel trained on several families
+  (``model.mask_families``) is scored on ``@FAMILY`` (else ``--family``): its inference masking takes that family's
+  nested mask.
+- **Acceleration**: ``--acceleration R`` (default 32) is the inference masking of every run whose masking is a nested
+  family (NextAccel, the baselines, a bound), written into its derived config, and that of the zero-filled reference;
+  other masks (a super-resolution mask, one of DIRECT's) keep their config's.
 - **Derived configs**: a bound row runs its tokenizer's config with some keys changed (:func:`derived_config`),
   written to ``configs/<row>.yaml`` under ``--output``.
 - **Time and memory**: each run's ``direct predict`` is DIRECT's own command line executed in a child Python process
@@ -189,8 +194,38 @@ def predict_child(argv: Sequence[str]) -> int:
     return 0
 
 
-def prepare(method: Method, data: Path, output: Path, default_family: str, device: str) -> Entry:
-    """Family, masking and predictions folder of a method; runs ``direct predict`` for ``--run`` methods and bounds."""
+def nested_overrides(config: Path, family: str, acceleration: int) -> list[tuple[str, object]]:
+    """Masking keys to set so that ``config`` is run on ``family`` at ``acceleration`` (see the module docstring).
+
+    The masking name is set only for a NextAccel trained on several families (``model.mask_families``) that
+    include ``family``; the accelerations for any nested masking not already at ``[acceleration]``.
+    """
+    from omegaconf import OmegaConf
+
+    from direct_nextaccel.masks.nested import MASK_NAMES, family_of
+
+    masking = inference_masking(config)
+    if masking is None:
+        return []
+    key = "inference.dataset.transforms.masking"
+    overrides: list[tuple[str, object]] = []
+    trained = OmegaConf.select(OmegaConf.load(config), "model.mask_families", default=None) or []
+    if len(trained) > 1 and family in [str(name) for name in trained]:
+        overrides.append((f"{key}.name", MASK_NAMES[family]))
+    try:
+        family_of(str(masking.get("name")))
+    except ValueError:
+        return overrides  # not a nested family: its own accelerations
+    if list(masking.get("accelerations") or []) != [acceleration]:
+        overrides.append((f"{key}.accelerations", [acceleration]))
+    return overrides
+
+
+def prepare(
+    method: Method, data: Path, output: Path, default_family: str, device: str, acceleration: int = 32
+) -> Entry:
+    """Family, masking and predictions folder of a method; runs ``direct predict`` for ``--run`` methods and bounds
+    (nested maskings at ``acceleration``)."""
     from direct_nextaccel.masks.nested import family_of
 
     family = family_of(method.family) if method.family else None
@@ -205,8 +240,11 @@ def prepare(method: Method, data: Path, output: Path, default_family: str, devic
         return entry
     try:
         config, checkpoint = resolve_run(method.run)
+        derived = output / "configs" / f"{check_name(method.name)}.yaml"
         if method.overrides:
-            config = derived_config(config, method.overrides, output / "configs" / f"{check_name(method.name)}.yaml")
+            config = derived_config(config, method.overrides, derived)
+        if overrides := nested_overrides(config, family or default_family, acceleration):
+            config = derived_config(config, overrides, derived)
         entry.masking = inference_masking(config)
         if entry.masking is not None:
             name = str(entry.masking.get("name"))
