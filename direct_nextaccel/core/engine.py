@@ -26,7 +26,7 @@ the paper trains; quantizer distances and the losses stay in float32.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
 import torch
@@ -41,10 +41,14 @@ from direct_nextaccel.core.errors import NonFiniteError
 from direct_nextaccel.core.resume import ResumableEngine
 from direct_nextaccel.modules.options import validate_model_config
 
-__all__ = ["INTENSITY_KEY", "PluginEngine", "TokenizerEngine", "check_finite"]
+__all__ = ["INTENSITY_KEY", "SCALARS_KEY", "PluginEngine", "TokenizerEngine", "check_finite"]
 
 INTENSITY_KEY = "intensity_factor"
 """Output key of the per-slice factor (B,) that maps DIRECT's scale to the tokenizer's (:mod:`.intensity`)."""
+
+SCALARS_KEY = "scalars"
+"""Output key of what a training step logs besides its losses: name -> 0-d tensor. The values reach the host with
+the loss's finiteness check (one read of the device) and :meth:`PluginEngine.after_backward` sees them as floats."""
 
 
 def _slice_label(data: Mapping[str, Any], index: int) -> str:
@@ -57,8 +61,13 @@ def _slice_label(data: Mapping[str, Any], index: int) -> str:
     return f"{name} slice {slice_no}"
 
 
-def check_finite(tensors: Mapping[str, torch.Tensor], data: Mapping[str, Any], training: bool) -> None:
+def check_finite(
+    tensors: Mapping[str, torch.Tensor], data: Mapping[str, Any], training: bool, fetch: Sequence[torch.Tensor] = ()
+) -> list[float]:
     """Raise :class:`NonFiniteError` naming the tensor and the first offending file and slice.
+
+    All tensors are checked with one read of the device (one fused flag); only after a failure is the offender
+    searched for. ``fetch`` (0-d tensors, e.g. what a training step logs) comes back to the host in the same read.
 
     Parameters
     ----------
@@ -68,17 +77,32 @@ def check_finite(tensors: Mapping[str, torch.Tensor], data: Mapping[str, Any], t
         The batch, for its ``filename`` and ``slice_no``.
     training : bool
         Whether the iteration trains (the message then says that no update and no checkpoint happened).
+    fetch : sequence of torch.Tensor
+        0-d tensors to read with the flags.
+
+    Returns
+    -------
+    list of float
+        The values of ``fetch``.
     """
-    for name, tensor in tensors.items():
-        finite = torch.isfinite(tensor)
-        if bool(finite.all()):
+    flags = [torch.isfinite(tensor).all() for tensor in tensors.values()]
+    values = [value.detach().float() for value in fetch]
+    if not flags and not values:
+        return []
+    host = torch.stack([*(flag.float() for flag in flags), *values]).tolist()
+    if all(host[: len(flags)]):
+        return host[len(flags) :]
+    for (name, tensor), finite in zip(tensors.items(), host, strict=False):
+        if finite:
             continue
         if tensor.ndim == 0:
             where = f"batch of {list(data.get('filename', []))}"
         else:
-            where = _slice_label(data, int((~finite.flatten(1).all(dim=1)).nonzero()[0]))
+            rows = torch.isfinite(tensor).flatten(1).all(dim=1)
+            where = _slice_label(data, int((~rows).nonzero()[0]))
         consequence = "training stopped before the update, no checkpoint written" if training else "not written"
         raise NonFiniteError(f"non-finite {name} in {where}: {consequence}")
+    return host[len(flags) :]
 
 
 class PluginEngine(ResumableEngine, MRIModelEngine):
@@ -149,7 +173,8 @@ class PluginEngine(ResumableEngine, MRIModelEngine):
         dict
             ``output_image`` (B, H, W, 2) at DIRECT's scale and matrix when the iteration reconstructs, the engine's
             loss terms (:attr:`ENGINE_LOSSES`), optionally :data:`INTENSITY_KEY` (B,) so that image losses compare
-            intensity-normalised images, and anything :meth:`after_backward` needs.
+            intensity-normalised images, :data:`SCALARS_KEY` (what a training step logs, read with the loss check)
+            and anything :meth:`after_backward` needs.
         """
         raise NotImplementedError(f"{type(self).__name__} defines how a batch becomes outputs")
 
@@ -176,8 +201,13 @@ class PluginEngine(ResumableEngine, MRIModelEngine):
         return found
 
     def check_finite_on_all_ranks(
-        self, tensors: Mapping[str, torch.Tensor], data: Mapping[str, Any], training: bool, first: bool = False
-    ) -> None:
+        self,
+        tensors: Mapping[str, torch.Tensor],
+        data: Mapping[str, Any],
+        training: bool,
+        first: bool = False,
+        fetch: Sequence[torch.Tensor] = (),
+    ) -> list[float]:
         """:func:`check_finite`, agreed by every rank in a training iteration under DistributedDataParallel.
 
         Every rank checks its own batch, then one all-reduced flag says whether any rank found a NaN/Inf; if one did,
@@ -185,14 +215,14 @@ class PluginEngine(ResumableEngine, MRIModelEngine):
         slice), so no rank is left waiting in a later all-reduce. ``first`` marks the first check of the iteration
         (before any other collective of it): its all-reduce also agrees on a pending interrupt
         (:meth:`~.resume.ResumableEngine.agree_on_interrupt`). Evaluation checks stay per rank (the ranks' validation
-        shards differ in length, so there is no common point to agree at).
+        shards differ in length, so there is no common point to agree at). Returns the values of ``fetch``
+        (:func:`check_finite`).
         """
         if not (training and distributed.is_distributed()):
-            check_finite(tensors, data, training)
-            return
-        error = None
+            return check_finite(tensors, data, training, fetch)
+        error, values = None, []
         try:
-            check_finite(tensors, data, training)
+            values = check_finite(tensors, data, training, fetch)
         except NonFiniteError as found:
             error = found
         flags = [error is not None]
@@ -202,7 +232,7 @@ class PluginEngine(ResumableEngine, MRIModelEngine):
         if first:
             self.agree_on_interrupt(agreed[1])
         if not agreed[0]:
-            return
+            return values
         messages = distributed.gather_objects(None if error is None else str(error))
         found = [f"rank {index} of {len(messages)}: {text}" for index, text in enumerate(messages) if text]
         message = "; ".join(found) + "; every rank stopped"
@@ -289,7 +319,11 @@ class PluginEngine(ResumableEngine, MRIModelEngine):
         )
         if training:
             loss = sum(loss_dict.values()) + sum(regularizer_dict.values())
-            self.check_finite_on_all_ranks({"loss": loss}, data, training)
+            scalars = outputs.get(SCALARS_KEY) or {}
+            # The step's logged scalars come to the host in the loss check's one read of the device.
+            values = self.check_finite_on_all_ranks({"loss": loss}, data, training, fetch=list(scalars.values()))
+            if scalars:
+                outputs[SCALARS_KEY] = dict(zip(scalars, values, strict=True))
             loss.backward()
             self.after_backward(outputs, data)
         else:

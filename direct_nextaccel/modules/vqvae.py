@@ -221,14 +221,19 @@ class Encoder(nn.Module):
     def _check_labels(self, labels: Sequence[torch.Tensor], batch: int) -> None:
         if len(labels) != len(self.num_labels):
             raise ValueError(f"expected {len(self.num_labels)} label tensors, got {len(labels)}")
-        for field, (label, count) in enumerate(zip(labels, self.num_labels, strict=True)):
+        for field, label in enumerate(labels):
             if label.dtype not in (torch.int64, torch.int32):
                 raise TypeError(f"label field {field} must be an integer tensor, got {label.dtype}")
             if tuple(label.shape) != (batch,):
                 raise ValueError(f"label field {field} must have shape ({batch},), got {tuple(label.shape)}")
-            outside = (label < 0) | (label >= count)
-            if outside.any():
-                raise ValueError(f"label {label[outside][0].item()} of field {field} is outside [0, {count})")
+        # One read of the device for every field; the offending field is searched for only after a failure.
+        outside = [(label < 0) | (label >= count) for label, count in zip(labels, self.num_labels, strict=True)]
+        if outside and bool(torch.stack([flags.any() for flags in outside]).any()):
+            for field, (label, flags) in enumerate(zip(labels, outside, strict=True)):
+                if flags.any():
+                    raise ValueError(
+                        f"label {label[flags][0].item()} of field {field} is outside [0, {self.num_labels[field]})"
+                    )
 
     def forward(
         self, x: torch.Tensor, labels: Sequence[torch.Tensor], return_features: bool = False

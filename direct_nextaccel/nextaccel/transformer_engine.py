@@ -486,19 +486,27 @@ class NextAccelEngine(PluginEngine):
         from direct.utils.events import get_event_storage
 
         storage = get_event_storage()
-        for name, value in outputs["scalars"].items():
-            storage.add_scalar(name, float(value.detach()))
+        for name, value in outputs["scalars"].items():  # floats: read with the loss check (PluginEngine)
+            storage.add_scalar(name, value)
 
     def after_evaluation(self, outputs: dict[str, Any], data: dict[str, Any]) -> None:
         if self._uncertainty is not None:
             self._collect_uncertainty(outputs["uncertainty"], data)
 
     def _check_codebook(self) -> None:
-        if not torch.equal(self.transformer.codebook, self.tokenizer.quantizer.codebook.to(self.transformer.codebook)):
+        """Refuse a model whose codebook is not the tokenizer's; compared again only after either changed (a
+        checkpoint load or ``set_codebook`` bumps the tensors' version), not every iteration: ``torch.equal`` waits
+        for the device."""
+        ours, theirs = self.transformer.codebook, self.tokenizer.quantizer.codebook
+        state = (id(ours), ours._version, id(theirs), theirs._version)
+        if getattr(self, "_codebook_checked", None) == state:
+            return
+        if not torch.equal(ours, theirs.to(ours)):
             raise ValueError(
                 f"the model's codebook differs from model.tokenizer_checkpoint {self.cfg.model.tokenizer_checkpoint!r}"
                 ": its checkpoint was trained with another tokenizer"
             )
+        self._codebook_checked = state
 
     # Uncertainty output ---------------------------------------------------------------------------------------------
 
