@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import sys
 import tempfile
 import time
 import weakref
@@ -74,24 +75,34 @@ class HostSyncCounter(TorchFunctionMode):
     ----------
     calls : list of str
         One name per counted call, in order.
+    sites : list of str
+        Where each call came from: ``module.function`` of the innermost frame in the plugin outside this module.
     """
 
     def __init__(self) -> None:
         super().__init__()
         self.calls: list[str] = []
+        self.sites: list[str] = []
         self._host_draws: dict[int, weakref.ref] = {}  # id -> tensor drawn from a CPU generator
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         if func in _TO_HOST and not self._drawn_on_host(args[0] if args else None):
-            self.calls.append(getattr(func, "__name__", str(func)))
+            self._record(getattr(func, "__name__", str(func)))
         elif func is torch.Tensor.__getitem__ and _has_bool_index(args[1] if len(args) > 1 else None):
-            self.calls.append("__getitem__[bool]")
+            self._record("__getitem__[bool]")
         result = func(*args, **kwargs)
         generator = kwargs.get("generator")
         if isinstance(result, torch.Tensor) and generator is not None and generator.device.type == "cpu":
             self._host_draws[id(result)] = weakref.ref(result)
         return result
+
+    def _record(self, name: str) -> None:
+        self.calls.append(name)
+        frame = sys._getframe(2)
+        while frame is not None and not _plugin_module(frame.f_globals.get("__name__", "")):
+            frame = frame.f_back
+        self.sites.append("?" if frame is None else f"{frame.f_globals['__name__']}.{frame.f_code.co_name}")
 
     def _drawn_on_host(self, tensor: object) -> bool:
         reference = self._host_draws.get(id(tensor))
@@ -101,6 +112,10 @@ class HostSyncCounter(TorchFunctionMode):
     def count(self) -> int:
         """Number of counted calls."""
         return len(self.calls)
+
+
+def _plugin_module(name: str) -> bool:
+    return name.startswith("direct_nextaccel") and name != __name__
 
 
 def _has_bool_index(index: object) -> bool:
@@ -315,7 +330,8 @@ def count_syncs(engine, batch: dict[str, Any]) -> dict[str, int]:
         with HostSyncCounter() as direct:
             loss_dict = output.data_dict
             get_event_storage().add_scalars(loss=sum(loss_dict.values()), **loss_dict)
-    return {"plugin": plugin.count, "direct": direct.count, "calls": plugin.calls}
+    sites = [f"{name} in {site}" for name, site in zip(plugin.calls, plugin.sites, strict=True)]
+    return {"plugin": plugin.count, "direct": direct.count, "calls": sites}
 
 
 def seconds_per_iteration(iterations: int = 10, warmup: int = 2, batch: int = 4) -> dict[str, float]:
