@@ -404,11 +404,13 @@ class NextAccelEngine(PluginEngine):
         shape = tuple(given.shape[1:])
         candidates = torch.stack(
             [
-                acquisition.level_masks(filenames, [family] * len(filenames), shape, self.center_fraction)
+                acquisition.level_masks(
+                    filenames, [family] * len(filenames), shape, self.center_fraction, device=given.device
+                )
                 for family in FAMILIES
             ],
             dim=1,
-        ).to(given.device)  # B, F, 6, H, W
+        )  # B, F, 6, H, W
         support = torch.ones_like(given)
         if "padding" in data:  # DIRECT zeroes its mask where the k-space is padding
             support = ~data["padding"][:, 0, :, :, 0].bool()
