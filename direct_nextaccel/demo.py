@@ -13,14 +13,16 @@ that cannot be used, a failed stage) is one line on stderr and exit status 2.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import math
 import os
+import shutil
 import sys
 import tempfile
 from pathlib import Path
 
-from direct_nextaccel import pipeline
+from direct_nextaccel import demo_set, pipeline
 
 logger = logging.getLogger(__name__)
 
@@ -62,10 +64,22 @@ def write_phantoms(output: Path, *, slices: int, size: int, coils: int, seed: in
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of ``direct-nextaccel demo``."""
     parser.add_argument("--output", type=Path, default=Path("demo"), help="demo folder (reused when rerun)")
-    parser.add_argument(
+    source = parser.add_mutually_exclusive_group()
+    source.add_argument(
         "--data",
         type=Path,
-        help="fastMRI-layout data with train/ and val/ subfolders (default: DIRECT's Shepp-Logan phantoms)",
+        help="fastMRI-layout data with train/ and val/ subfolders (default: the brain slices shipped with the package, "
+        "simulated to k-space)",
+    )
+    source.add_argument(
+        "--phantoms",
+        action="store_true",
+        help="DIRECT's Shepp-Logan T1/T2 phantoms instead of the shipped brain slices",
+    )
+    parser.add_argument(
+        "--retrain",
+        action="store_true",
+        help="train again, replacing the models of an --output that were trained on other data (otherwise refused)",
     )
     parser.add_argument(
         "--task",
@@ -134,15 +148,72 @@ def data_folders(data: Path) -> dict[str, Path]:
     return folders
 
 
-def default_data(output: Path) -> dict[str, Path]:
-    """The demo's data without ``--data``: DIRECT's Shepp-Logan phantoms, written into the demo folder once (a rerun
-    reuses them)."""
-    folders = {"train": output / "data" / "train", "val": output / "data" / "val"}
+def phantom_data(output: Path) -> dict[str, Path]:
+    """``--phantoms``: DIRECT's Shepp-Logan phantoms, written into ``output/phantoms`` once (a rerun reuses them)."""
+    folders = {"train": output / "phantoms" / "train", "val": output / "phantoms" / "val"}
     for split, seed in (("train", 1), ("val", 2)):
         if not any(folders[split].glob("*.h5")):
             folders[split].mkdir(parents=True, exist_ok=True)
             write_phantoms(folders[split], slices=8 if split == "train" else 4, size=64, coils=4, seed=seed)
     return folders
+
+
+def demo_set_data(output: Path) -> dict[str, Path]:
+    """The default data: the shipped demo set (checked against its manifest) simulated into ``output/data``.
+
+    A rerun finds the same simulation there (it is deterministic); a ``data`` folder holding anything else (an
+    earlier version's phantoms, edited files) is refused, naming it, rather than trained on or replaced.
+    """
+    data = output / "data"
+    staging = Path(tempfile.mkdtemp(prefix=".data-", dir=output))
+    try:
+        fresh = demo_set.simulate_demo_set(staging)
+        existing = {split: data / split for split in fresh}
+        if not any(any(folder.glob("*.h5")) for folder in existing.values()):
+            data.mkdir(exist_ok=True)
+            for split, folder in fresh.items():
+                if existing[split].exists():
+                    existing[split].rmdir()  # empty of .h5 files; anything else in it is refused by rmdir
+                folder.rename(existing[split])
+        elif pipeline.data_digest(existing) != pipeline.data_digest(fresh):
+            raise DemoError(
+                f"{data} holds files that are not the shipped demo set's simulation: use a new --output "
+                "(or --data to train on them)"
+            )
+    except OSError as error:
+        raise DemoError(f"{data}: cannot write the demo set there: {error.strerror or error}") from error
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return existing
+
+
+DEMO_SET_DATA = "the shipped demo set (brain slices, k-space simulated from magnitude images)"
+
+TRAINED_ON = "demo_data.json"
+"""File in the demo folder recording which data its models were trained on (digest and a description)."""
+
+
+def check_trained_on(output: Path, digest: str, description: str, *, retrain: bool) -> None:
+    """Refuse data other than what the models in ``output`` were trained on, unless ``retrain``; record it.
+
+    A folder with finished stages but no record (an earlier version's demo) counts as trained on other data.
+    """
+    record = output / TRAINED_ON
+    trained = None
+    if record.is_file():
+        try:
+            trained = json.loads(record.read_text())
+        except (OSError, ValueError):
+            trained = None
+        trained = trained if isinstance(trained, dict) else {"digest": None, "data": f"unreadable {record}"}
+    elif any((output / "runs").glob(f"*/{pipeline.MARKER}")):
+        trained = {"digest": None, "data": "data this version did not record"}
+    if trained is not None and trained.get("digest") != digest and not retrain:
+        raise DemoError(
+            f"--output {output} holds models trained on {trained.get('data')}, not on {description}: use a new "
+            "--output, or --retrain to replace them"
+        )
+    record.write_text(json.dumps({"digest": digest, "data": description}))
 
 
 def run(args: argparse.Namespace) -> int:
@@ -153,7 +224,7 @@ def run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
         return _run(args)
-    except (DemoError, pipeline.StageError) as error:
+    except (DemoError, demo_set.DemoSetError, pipeline.StageError) as error:
         print(f"direct-nextaccel demo: error: {error}", file=sys.stderr)
         return 2
 
@@ -165,21 +236,31 @@ def _run(args: argparse.Namespace) -> int:
     pipeline.check_stages(stages, family)  # a missing config is an error before anything trains, never a skipped stage
     check_device(args.device)
     data = data_folders(args.data) if args.data is not None else None
+    if data is None and not args.phantoms:
+        demo_set.demo_files()  # a missing or altered file is refused before the demo folder is created
     output = prepare_output(args.output)
-    if data is None:
-        data = default_data(output)
+    if data is not None:
+        description = str(args.data.expanduser().resolve())
+    elif args.phantoms:
+        data, description = phantom_data(output), "the Shepp-Logan phantoms (--phantoms)"
+    else:
+        data, description = demo_set_data(output), DEMO_SET_DATA
+    data_id = pipeline.data_digest(data)
+    check_trained_on(output, data_id, description, retrain=args.retrain)
 
     runs = output / "runs"
     os.environ.setdefault("OMP_NUM_THREADS", "2")
     from direct_nextaccel.benchmark.quality import FigureRequest, Method, run_benchmark
 
-    data_id = pipeline.data_digest(data)
     digests: dict[str, str] = {}
     methods = []
     for stage in stages:
         config = pipeline.stage_config(stage, family, args.budget, runs, stages)
         digests[stage.name] = pipeline.stage_digest(config, data_id, {name: digests[name] for name in stage.upstream})
         checkpoint = pipeline.train_stage(stage, config, data, runs, args.device, digest=digests[stage.name])
+        if stage.bound:
+            bound_config = runs / stage.name / "demo_config.yaml"
+            methods.append(Method(stage.name, family, bound=f"{bound_config}:{checkpoint}", kind="bound"))
         if not stage.benchmarked:
             continue
         config_path = runs / (stage.predict_with or stage.name) / "demo_config.yaml"
@@ -195,6 +276,7 @@ def _run(args: argparse.Namespace) -> int:
         )
     except ValueError as error:  # input that concerns every method, such as the validation data
         raise DemoError(f"benchmark of {data['val']}: {error}") from error
+    print(f"Validation slices of {description}, {data['val']}:")
     print((output / "benchmark" / "benchmark.md").read_text())
     for figure_family, figure in result.figures.items():
         print(f"figure ({figure_family}): {figure}")

@@ -56,6 +56,9 @@ class Stage:
     variants : dict[str, dict], optional
         Benchmark rows ``<name>-<variant>`` that predict with the same checkpoint and these ``model`` keys changed
         (decoding modes); None benchmarks the training config as it is.
+    bound : bool
+        A tokenizer whose ceiling rows (``direct-nextaccel benchmark --bound``) the benchmark adds: what the chain
+        built on it could reach at best.
     """
 
     name: str
@@ -67,6 +70,7 @@ class Stage:
     start_from: str | None = None
     predict_with: str | None = None
     variants: dict[str, dict] | None = None
+    bound: bool = False
 
     def config_name(self, family: str | None) -> str:
         """The shipped config file of this stage for ``family`` (None: the configs' own mask)."""
@@ -85,7 +89,7 @@ BATCH_SIZE = 2
 STAGES: tuple[Stage, ...] = (
     Stage("E2EVarNet", "tiny_varnet_{family}.yaml", None),
     Stage("RecurrentVarNet", "tiny_recurrentvarnet_cartesian_y.yaml", None),
-    Stage("AQ-VAE", "tiny_aqvae.yaml", 120, benchmarked=False),
+    Stage("AQ-VAE", "tiny_aqvae.yaml", 120, benchmarked=False, bound=True),
     Stage(
         "NextAccel",
         "tiny_nextaccel.yaml",
@@ -118,7 +122,7 @@ SR_STAGES: tuple[Stage, ...] = (
     Stage("E2EVarNet", "tiny_sr_varnet.yaml", None),
     Stage("RecurrentVarNet", "tiny_sr_recurrentvarnet.yaml", None),
     Stage("U-Net", "tiny_sr_unet.yaml", None),
-    Stage("MSVQ-VAE", "tiny_msvqvae.yaml", 120, benchmarked=False),
+    Stage("MSVQ-VAE", "tiny_msvqvae.yaml", 120, benchmarked=False, bound=True),
     Stage(
         "MIAR",
         "tiny_miar.yaml",

@@ -38,6 +38,11 @@ def files(tmp_path_factory) -> Path:
     for split, seed in (("train", 1), ("val", 2)):
         (root / "data" / split).mkdir(parents=True)
         write_phantoms(root / "data" / split, slices=2, size=64, coils=2, seed=seed)
+    (root / "trained").mkdir()  # a demo folder whose models were trained on other data
+    (root / "trained" / "demo_data.json").write_text('{"digest": "0", "data": "other data"}')
+    for split in ("train", "val"):
+        (root / "stale" / "data" / split).mkdir(parents=True)  # an earlier version's phantoms where the demo set goes
+        write_phantoms(root / "stale" / "data" / split, slices=1, size=32, coils=1, seed=3)
     np.savez(root / "nan.npz", t1=np.full((4, 32, 32), np.nan, np.float32))
     np.savez(root / "objects.npz", t1=np.array([{"a": 1}], dtype=object))
     np.savez(root / "voxels.npz", t1=np.ones((4, 32, 32), np.float32), voxel_size_mm=np.array([0.0, -1.0, np.nan]))
@@ -65,6 +70,11 @@ CASES = [
     ("demo-output-under-file", ["demo", "--output", "{F}/garbage.bin/sub"], "garbage.bin/sub"),
     ("demo-data-missing", ["demo", "--data", "{F}/missing"], "missing"),
     ("demo-data-h5-folder", ["demo", "--data", "{F}/dirh5", "--output", "{F}/out/demo"], "x.h5"),
+    ("demo-data-other-than-trained", ["demo", "--data", "{F}/data", "--output", "{F}/trained"], "{F}/trained"),
+    ("demo-set-other-than-trained", ["demo", "--output", "{F}/trained"], "{F}/trained holds models"),
+    ("demo-phantoms-other-than-trained", ["demo", "--phantoms", "--output", "{F}/trained"], "{F}/trained"),
+    ("demo-set-folder-holds-other-data", ["demo", "--output", "{F}/stale"], "{F}/stale/data"),
+    ("demo-data-and-phantoms", ["demo", "--data", "{F}/data", "--phantoms"], "--phantoms"),
     ("simulate-no-input", ["simulate", "--output", "{F}/out/sim"], "INPUT"),
     ("simulate-input-missing", ["simulate", "{F}/missing.npz", "--output", "{F}/out/sim"], "missing.npz"),
     ("simulate-input-garbage", ["simulate", "{F}/garbage.npz", "--output", "{F}/out/sim"], "garbage.npz"),

@@ -4,7 +4,9 @@ test's)."""
 
 from __future__ import annotations
 
+import shutil
 import subprocess
+from pathlib import Path
 
 import h5py
 import numpy as np
@@ -12,8 +14,9 @@ import pytest
 import torch
 from stage_fakes import FakeDirectTrain, write_data
 
-from direct_nextaccel import cli, demo, pipeline
+from direct_nextaccel import cli, demo, demo_set, pipeline
 from direct_nextaccel.benchmark import quality
+from direct_nextaccel.data import simulate
 from direct_nextaccel.pipeline import Stage
 
 CHAIN = [stage.name for stage in pipeline.STAGES]
@@ -101,7 +104,7 @@ def test_a_missing_stage_config_stops_the_demo_before_anything_trains(tmp_path, 
     assert not fakes[0].commands and not fakes[1].calls
 
 
-def test_a_rerun_on_other_data_trains_every_stage_again(tmp_path, capsys, fakes):
+def test_a_rerun_on_other_data_is_refused_unless_asked_to_retrain(tmp_path, capsys, fakes):
     train, benchmark = fakes
     output = tmp_path / "demo"
     data_a = write_data(tmp_path / "a")["train"].parent
@@ -110,12 +113,95 @@ def test_a_rerun_on_other_data_trains_every_stage_again(tmp_path, capsys, fakes)
 
     assert cli.main([*argv, str(data_a)]) == 0
     assert train.names == CHAIN
-    assert benchmark.calls == [["E2EVarNet", "RecurrentVarNet", "NextAccel", "NextAccel-distilled"]]
+    assert benchmark.calls == [["E2EVarNet", "RecurrentVarNet", "AQ-VAE", "NextAccel", "NextAccel-distilled"]]
     assert cli.main([*argv, str(data_a)]) == 0
     assert train.names == CHAIN  # nothing changed: every stage reused
-    assert cli.main([*argv, str(data_b)]) == 0
-    assert train.names == CHAIN * 2  # the models in the folder were trained on A: none is reused for B
+    capsys.readouterr()
+    assert cli.main([*argv, str(data_b)]) == 2  # the models in the folder were trained on A: never replaced silently
+    error = one_line_error(capsys)
+    assert f"--output {output} holds models trained on {data_a}, not on {data_b}" in error and "--retrain" in error
+    assert train.names == CHAIN
+    assert cli.main([*argv, str(data_b), "--retrain"]) == 0
+    assert train.names == CHAIN * 2  # none of A's models is reused for B
     assert "| method |" in capsys.readouterr().out
+    assert cli.main([*argv, str(data_a)]) == 2  # the folder now holds B's models
+    assert f"trained on {data_b}, not on {data_a}" in one_line_error(capsys)
+
+
+def test_a_folder_with_models_but_no_record_of_their_data_is_refused(tmp_path, capsys, fakes):
+    output = tmp_path / "demo"
+    data = write_data(tmp_path / "a")["train"].parent
+    assert cli.main(["demo", "--budget", "0.05", "--output", str(output), "--data", str(data)]) == 0
+    (output / demo.TRAINED_ON).unlink()  # as an earlier version left it
+    capsys.readouterr()
+    assert cli.main(["demo", "--budget", "0.05", "--output", str(output), "--data", str(data)]) == 2
+    assert "data this version did not record" in one_line_error(capsys)
+
+
+def test_the_default_data_is_the_shipped_demo_set_simulated_by_subject_split(tmp_path, capsys, fakes):
+    train, _ = fakes
+    output = tmp_path / "demo"
+    assert cli.main(["demo", "--budget", "0.05", "--output", str(output)]) == 0
+    sides = {}
+    for side in ("train", "val"):
+        for path in sorted((output / "data" / side).glob("*.h5")):
+            with h5py.File(path, "r") as f:
+                assert f["kspace"].shape[1:] == (demo_set.COILS, *demo_set.MATRIX)
+                assert "magnitude images" in f.attrs["simulated_from"]
+                sides.setdefault(side, set()).add(simulate.subject_of(Path(f.attrs["source_file"]).stem))
+    assert sides == {
+        "train": {"TCGA-DU-7294", "lesjak_cs_patient07", "lesjak_cs_patient26"},
+        "val": {"TCGA-FG-6692", "lesjak_cs_patient19"},
+    }
+    assert all(simulate.SPLIT_SUBJECTS[subject] == side for side, subjects in sides.items() for subject in subjects)
+    assert "simulated from magnitude images" in capsys.readouterr().out
+    assert cli.main(["demo", "--budget", "0.05", "--output", str(output)]) == 0
+    assert train.names == CHAIN  # the same simulation again: every stage reused
+    capsys.readouterr()
+    assert cli.main(["demo", "--budget", "0.05", "--output", str(output), "--phantoms"]) == 2
+    assert "trained on the shipped demo set" in one_line_error(capsys)
+    assert train.names == CHAIN
+
+
+def test_phantoms_are_an_option(tmp_path, fakes):
+    output = tmp_path / "demo"
+    assert cli.main(["demo", "--budget", "0.05", "--output", str(output), "--phantoms"]) == 0
+    assert len(list((output / "phantoms" / "train").glob("*.h5"))) == 2 and not (output / "data").exists()
+
+
+@pytest.fixture
+def demo_set_copy(tmp_path, monkeypatch):
+    """A copy of the shipped demo set that the demo reads instead of the package's."""
+    copy = tmp_path / "demo_data"
+    shutil.copytree(demo_set._folder(), copy)
+    monkeypatch.setattr(demo_set, "_folder", lambda: copy)
+    return copy
+
+
+@pytest.mark.parametrize("damage", ["missing", "altered", "manifest-missing"])
+def test_a_missing_or_altered_demo_set_file_is_a_one_line_error_naming_it(
+    demo_set_copy, tmp_path, capsys, fakes, damage
+):
+    victim = demo_set_copy / ("SHA256SUMS" if damage == "manifest-missing" else "lesjak_cs_patient19.npz")
+    if damage == "altered":
+        content = bytearray(victim.read_bytes())
+        content[len(content) // 2] ^= 1
+        victim.write_bytes(bytes(content))
+    else:
+        victim.unlink()
+    output = tmp_path / "o"
+    assert cli.main(["demo", "--budget", "0.05", "--output", str(output)]) == 2
+    error = one_line_error(capsys)
+    assert str(victim) in error and ("altered" if damage == "altered" else "missing") in error
+    assert not output.exists() and not fakes[0].commands
+
+
+def test_the_shipped_demo_set_is_small_and_matches_its_manifest():
+    files = demo_set.demo_files()
+    folder = demo_set._folder()
+    assert sum(folder.joinpath(name).stat().st_size for name in files) < 5e6
+    assert {entry.name for entry in folder.iterdir() if entry.name.endswith(".npz")} == set(files)
+    assert folder.joinpath("LICENCE.md").is_file()
 
 
 def test_a_retrained_stage_retrains_the_stages_built_on_it(tmp_path, fakes, monkeypatch):
