@@ -26,6 +26,11 @@ The calibration centre follows DIRECT's ``center_fractions``: a value below 1 is
 centred like DIRECT's ``center_mask_func``) or of the points (2D: the largest centred disc holding at most that many
 points); an integer ``c >= 1`` is ``c`` centre lines (Cartesian) or a centred ``c x c`` block (2D). The default is
 1/64. Because the masks are nested, the centre must fit in the R=32 budget.
+
+One construction per family, written in torch and batched: :func:`level_map` (DIRECT's masking, one file at a
+time) feeds it the draws of numpy's generator seeded by the file name, :func:`fresh_level_maps` (training with a new
+mask per slice and step) the draws of a torch generator on the engine's device, so fresh masks cost no numpy and no
+host work on the training path.
 """
 
 import functools
