@@ -1,13 +1,17 @@
 """``direct-nextaccel demo``: every stage at tiny size on one CPU, then the benchmark table and figure.
 
 The command line over :mod:`direct_nextaccel.pipeline`: the stages (DIRECT's own ``direct train`` on the tiny configs
-shipped in ``direct_nextaccel/configs/``, with the mask family, iteration budget and earlier stages' checkpoints
-filled in), then ``direct-nextaccel benchmark`` reconstructs the held-out data with every trained model. A rerun
-reuses every stage whose config, data and earlier stages are unchanged, so an interrupted demo resumes where it
-stopped; a stage trained on other data is trained again. ``--task superresolution`` runs MIAR's chain (MSVQ-VAE,
-MIAR decoded with argmax and beam k = 1, 2, 3) against DIRECT's baselines on the 4 x 4 super-resolution task instead.
-In both tasks every baseline trains on as many slices as the whole chain. A user error (an option's value, a folder
-that cannot be used, a failed stage) is one line on stderr and exit status 2.
+shipped in ``direct_nextaccel/configs/``, with the mask family, iteration budget and earlier stages' checkpoints filled
+in), then ``direct-nextaccel benchmark`` reconstructs the held-out data with every trained model and scores the
+tokenizer's bound beside them. The default data is the demo set shipped in the package
+(:mod:`direct_nextaccel.demo_set`: brain slices of the training and validation subjects, k-space simulated from
+magnitude images); ``--phantoms`` uses DIRECT's Shepp-Logan phantoms, ``--data`` any fastMRI-layout folder. A rerun
+reuses every stage whose config, data and earlier stages are unchanged, so an interrupted demo resumes where it stopped;
+data other than what the folder's models were trained on is refused (``--retrain`` replaces them). ``--task
+superresolution`` runs MIAR's chain (MSVQ-VAE, MIAR decoded with argmax and beam k = 1, 2, 3) against DIRECT's baselines
+on the 4 x 4 super-resolution task instead. In both tasks every baseline trains on as many slices as the whole chain. A
+user error (an option's value, a folder that cannot be used, a demo-set file missing or altered, a failed stage) is one
+line on stderr and exit status 2.
 """
 
 from __future__ import annotations

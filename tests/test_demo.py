@@ -169,6 +169,15 @@ def test_phantoms_are_an_option(tmp_path, fakes):
     assert len(list((output / "phantoms" / "train").glob("*.h5"))) == 2 and not (output / "data").exists()
 
 
+def test_superresolution_runs_on_the_demo_set_with_the_tokenizer_bound(tmp_path, fakes):
+    train, benchmark = fakes
+    output = tmp_path / "demo"
+    assert cli.main(["demo", "--budget", "0.05", "--output", str(output), "--task", "superresolution"]) == 0
+    assert train.names == [stage.name for stage in pipeline.SR_STAGES]
+    assert benchmark.calls[0][:4] == ["E2EVarNet", "RecurrentVarNet", "U-Net", "MSVQ-VAE"]  # the bound row, then MIAR's
+    assert any((output / "data" / "val").glob("*.h5"))
+
+
 @pytest.fixture
 def demo_set_copy(tmp_path, monkeypatch):
     """A copy of the shipped demo set that the demo reads instead of the package's."""
