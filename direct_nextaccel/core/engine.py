@@ -38,13 +38,18 @@ from torch.amp import GradScaler, autocast
 
 from direct_nextaccel.core import distributed
 from direct_nextaccel.core.errors import NonFiniteError
+from direct_nextaccel.core.intensity import IntensityError, check_scale, usable_scale
 from direct_nextaccel.core.resume import ResumableEngine
 from direct_nextaccel.modules.options import validate_model_config
 
-__all__ = ["INTENSITY_KEY", "SCALARS_KEY", "PluginEngine", "TokenizerEngine", "check_finite"]
+__all__ = ["INTENSITY_KEY", "SCALARS_KEY", "SCALE_KEY", "PluginEngine", "TokenizerEngine", "check_finite"]
 
 INTENSITY_KEY = "intensity_factor"
 """Output key of the per-slice factor (B,) that maps DIRECT's scale to the tokenizer's (:mod:`.intensity`)."""
+
+SCALE_KEY = "reference_scale"
+"""Batch key of the per-slice reference scale (B,) (:mod:`.intensity`) an engine computes before the forward pass
+(:meth:`PluginEngine.reference_scale`): checked positive and finite with the inputs, then used by the forward pass."""
 
 SCALARS_KEY = "scalars"
 """Output key of what a training step logs besides its losses: name -> 0-d tensor. The values reach the host with
@@ -62,12 +67,18 @@ def _slice_label(data: Mapping[str, Any], index: int) -> str:
 
 
 def check_finite(
-    tensors: Mapping[str, torch.Tensor], data: Mapping[str, Any], training: bool, fetch: Sequence[torch.Tensor] = ()
+    tensors: Mapping[str, torch.Tensor],
+    data: Mapping[str, Any],
+    training: bool,
+    fetch: Sequence[torch.Tensor] = (),
+    scale: torch.Tensor | None = None,
 ) -> list[float]:
     """Raise :class:`NonFiniteError` naming the tensor and the first offending file and slice.
 
     All tensors are checked with one read of the device (one fused flag); only after a failure is the offender
-    searched for. ``fetch`` (0-d tensors, e.g. what a training step logs) comes back to the host in the same read.
+    searched for. ``fetch`` (0-d tensors, e.g. what a training step logs) comes back to the host in the same read,
+    and so does the check of ``scale``, the batch's reference scales (an :class:`~.intensity.IntensityError` naming
+    the slice whose scale is zero or not finite, after the tensors' own check).
 
     Parameters
     ----------
@@ -79,6 +90,8 @@ def check_finite(
         Whether the iteration trains (the message then says that no update and no checkpoint happened).
     fetch : sequence of torch.Tensor
         0-d tensors to read with the flags.
+    scale : torch.Tensor, optional
+        Reference scales (B,) (:mod:`.intensity`), which must be positive and finite.
 
     Returns
     -------
@@ -86,6 +99,8 @@ def check_finite(
         The values of ``fetch``.
     """
     flags = [torch.isfinite(tensor).all() for tensor in tensors.values()]
+    if scale is not None:
+        flags.append(usable_scale(scale).all())
     values = [value.detach().float() for value in fetch]
     if not flags and not values:
         return []
@@ -102,6 +117,7 @@ def check_finite(
             where = _slice_label(data, int((~rows).nonzero()[0]))
         consequence = "training stopped before the update, no checkpoint written" if training else "not written"
         raise NonFiniteError(f"non-finite {name} in {where}: {consequence}")
+    check_scale(scale, data.get("filename"), data.get("slice_no"))
     return host[len(flags) :]
 
 
@@ -207,6 +223,7 @@ class PluginEngine(ResumableEngine, MRIModelEngine):
         training: bool,
         first: bool = False,
         fetch: Sequence[torch.Tensor] = (),
+        scale: torch.Tensor | None = None,
     ) -> list[float]:
         """:func:`check_finite`, agreed by every rank in a training iteration under DistributedDataParallel.
 
@@ -219,11 +236,11 @@ class PluginEngine(ResumableEngine, MRIModelEngine):
         (:func:`check_finite`).
         """
         if not (training and distributed.is_distributed()):
-            return check_finite(tensors, data, training, fetch)
+            return check_finite(tensors, data, training, fetch, scale)
         error, values = None, []
         try:
-            values = check_finite(tensors, data, training, fetch)
-        except NonFiniteError as found:
+            values = check_finite(tensors, data, training, fetch, scale)
+        except (NonFiniteError, IntensityError) as found:
             error = found
         flags = [error is not None]
         if first:
@@ -287,6 +304,15 @@ class PluginEngine(ResumableEngine, MRIModelEngine):
             if hook is not None:
                 hook.remove()
 
+    def reference_scale(self, data: dict[str, Any]) -> torch.Tensor | None:
+        """The batch's per-slice reference scale (B,) (:mod:`.intensity`), unchecked; None (the default) for an engine
+        that computes none before its forward pass.
+
+        :meth:`_do_iteration` checks it with the inputs' one finiteness read and puts it in the batch under
+        :data:`SCALE_KEY` for :meth:`iteration_outputs`, so the check costs no read of the device of its own.
+        """
+        return None
+
     def forward_function(self, data: dict[str, Any]) -> tuple[torch.Tensor | None, None]:
         """DIRECT's hook: the reconstruction (B, H, W, 2), or None when the iteration reconstructs nothing."""
         return self.iteration_outputs(data).get("output_image"), None
@@ -296,9 +322,12 @@ class PluginEngine(ResumableEngine, MRIModelEngine):
         data = dict_to_device(data, self.device)
         for module in self.frozen_modules:
             module.eval()
+        scale = self.reference_scale(data)
         self.check_finite_on_all_ranks(
-            {name: data[name] for name in self.CHECKED_INPUTS if name in data}, data, training, first=True
+            {name: data[name] for name in self.CHECKED_INPUTS if name in data}, data, training, first=True, scale=scale
         )
+        if scale is not None:
+            data[SCALE_KEY] = scale
         with autocast(self.device_type, dtype=torch.bfloat16, enabled=self.mixed_precision):
             data["sensitivity_map"] = self.compute_sensitivity_map(data["sensitivity_map"])
             outputs = self.iteration_outputs(data)

@@ -28,7 +28,15 @@ from typing import Any
 
 import torch
 
-__all__ = ["GAIN_KEY", "IntensityError", "check_convention", "reference_scale", "register_gain"]
+__all__ = [
+    "GAIN_KEY",
+    "IntensityError",
+    "check_convention",
+    "check_scale",
+    "reference_scale",
+    "register_gain",
+    "usable_scale",
+]
 
 GAIN_KEY = "intensity_gain"
 """Name of the tokenizer buffer holding the gain; its presence marks a checkpoint trained under this convention."""
@@ -77,6 +85,7 @@ def reference_scale(
     backward_operator,
     filenames: Sequence[str] | None = None,
     slice_numbers: Sequence[int] | torch.Tensor | None = None,
+    check: bool = True,
 ) -> torch.Tensor:
     """Maximum of the root-sum-of-squares coil image of the k-space inside ``region``, one value per slice.
 
@@ -90,11 +99,14 @@ def reference_scale(
         DIRECT's inverse FFT (the engine's ``backward_operator``), called with ``dim=(2, 3)``.
     filenames, slice_numbers : sequence, optional
         The batch's ``filename`` and ``slice_no``, to name an offending slice.
+    check : bool
+        Refuse a zero or non-finite scale here (:func:`check_scale`, one read of the device). The engines pass
+        False and fold :func:`usable_scale` into their inputs' one finiteness read instead.
 
     Returns
     -------
     torch.Tensor
-        Float32 (B,), positive and finite.
+        Float32 (B,), positive and finite when checked.
 
     Raises
     ------
@@ -107,14 +119,33 @@ def reference_scale(
     coil_images = backward_operator(kspace * weights, dim=(2, 3)).float()  # B, C, H, W, 2
     rss = coil_images.square().sum(dim=(1, 4)).sqrt()  # B, H, W
     scale = rss.flatten(1).amax(dim=1)
-    bad = ~(torch.isfinite(scale) & (scale > 0))
-    if bool(bad.any()):
-        index = int(bad.nonzero()[0])
-        name = filenames[index] if filenames is not None else f"batch index {index}"
-        slice_no = slice_numbers[index] if slice_numbers is not None else "?"
-        slice_no = int(slice_no) if isinstance(slice_no, torch.Tensor) else slice_no
-        raise IntensityError(
-            f"{name} slice {slice_no}: reference scale {float(scale[index])} (k-space inside the reference region is "
-            f"{'all zero' if float(scale[index]) == 0 else 'not finite'}): the plugin cannot normalise this slice"
-        )
+    if check and not bool(usable_scale(scale).all()):
+        check_scale(scale, filenames, slice_numbers)
     return scale
+
+
+def usable_scale(scale: torch.Tensor) -> torch.Tensor:
+    """Bool (B,): which reference scales are positive and finite, computed on the device without reading it."""
+    return torch.isfinite(scale) & (scale > 0)
+
+
+def check_scale(
+    scale: torch.Tensor,
+    filenames: Sequence[str] | None = None,
+    slice_numbers: Sequence[int] | torch.Tensor | None = None,
+) -> None:
+    """Raise :class:`IntensityError` naming the first slice whose reference scale (B,) is zero or not finite.
+
+    Reads the device; called once a fused flag (:func:`usable_scale`) has said that a slice is bad.
+    """
+    bad = ~usable_scale(scale)
+    if not bool(bad.any()):
+        return
+    index = int(bad.nonzero()[0])
+    name = filenames[index] if filenames is not None else f"batch index {index}"
+    slice_no = slice_numbers[index] if slice_numbers is not None else "?"
+    slice_no = int(slice_no) if isinstance(slice_no, torch.Tensor) else slice_no
+    raise IntensityError(
+        f"{name} slice {slice_no}: reference scale {float(scale[index])} (k-space inside the reference region is "
+        f"{'all zero' if float(scale[index]) == 0 else 'not finite'}): the plugin cannot normalise this slice"
+    )

@@ -346,7 +346,7 @@ class MIAR(nn.Module):
         """
         encoder_input = self._encoder_input(lr_image, reference_image)
         labels = (torch.zeros(lr_image.shape[0], dtype=torch.long, device=lr_image.device),)
-        features = self.context_encoder(encoder_input, labels)  # B, D, h, w
+        features = self.context_encoder(encoder_input, labels, check_values=False)  # B, D, h, w; labels built here
         tokens = self.context_proj(self.context_norm(features.flatten(2).transpose(1, 2))) + self.context_pos
         return [block.precompute_context(tokens) for block in self.blocks]
 

@@ -176,7 +176,7 @@ class MSVQVAE(nn.Module):
         """Continuous latent (B, D, h, w) of images (B, in_channels, H, W)."""
         self._check_images(images)
         labels = (torch.zeros(images.shape[0], dtype=torch.long, device=images.device),)
-        return self.encoder(images, labels)
+        return self.encoder(images, labels, check_values=False)  # labels built here
 
     def post(self, codes: torch.Tensor, scale: int) -> torch.Tensor:
         """Contribution (B, D, h, w) of scale ``scale`` from its codes already enlarged to the latent grid."""

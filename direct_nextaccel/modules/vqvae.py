@@ -218,7 +218,7 @@ class Encoder(nn.Module):
         #: channels of the feature map returned for each stride
         self.feature_channels = {stride: stage_widths[int(math.log2(stride))] for stride in self.feature_strides}
 
-    def _check_labels(self, labels: Sequence[torch.Tensor], batch: int) -> None:
+    def _check_labels(self, labels: Sequence[torch.Tensor], batch: int, check_values: bool) -> None:
         if len(labels) != len(self.num_labels):
             raise ValueError(f"expected {len(self.num_labels)} label tensors, got {len(labels)}")
         for field, label in enumerate(labels):
@@ -226,6 +226,8 @@ class Encoder(nn.Module):
                 raise TypeError(f"label field {field} must be an integer tensor, got {label.dtype}")
             if tuple(label.shape) != (batch,):
                 raise ValueError(f"label field {field} must have shape ({batch},), got {tuple(label.shape)}")
+        if not check_values:
+            return
         # One read of the device for every field; the offending field is searched for only after a failure.
         outside = [(label < 0) | (label >= count) for label, count in zip(labels, self.num_labels, strict=True)]
         if outside and bool(torch.stack([flags.any() for flags in outside]).any()):
@@ -236,7 +238,12 @@ class Encoder(nn.Module):
                     )
 
     def forward(
-        self, x: torch.Tensor, labels: Sequence[torch.Tensor], return_features: bool = False
+        self,
+        x: torch.Tensor,
+        labels: Sequence[torch.Tensor],
+        return_features: bool = False,
+        *,
+        check_values: bool = True,
     ) -> torch.Tensor | tuple[torch.Tensor, dict[int, torch.Tensor]]:
         """Encode images under their labels.
 
@@ -248,6 +255,9 @@ class Encoder(nn.Module):
             One long tensor (B,) per label field.
         return_features : bool
             Also return the intermediate feature maps.
+        check_values : bool
+            Refuse a label outside its field's range (one read of the device). The models that build the labels from
+            inputs they have already checked pass False, so their forward does not wait for the device here.
 
         Returns
         -------
@@ -260,7 +270,7 @@ class Encoder(nn.Module):
         height, width = x.shape[-2:]
         if height % self.total_stride or width % self.total_stride:
             raise ValueError(f"image size {height}x{width} is not divisible by the encoder stride {self.total_stride}")
-        self._check_labels(labels, x.shape[0])
+        self._check_labels(labels, x.shape[0], check_values)
 
         features = {}
         h = self.conv_in(x)

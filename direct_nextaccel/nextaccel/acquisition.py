@@ -167,6 +167,42 @@ def hierarchy_images(
     return torch.stack(images, dim=1).permute(0, 1, 4, 2, 3).contiguous()
 
 
+def calibration_scale(
+    kspace: torch.Tensor,
+    center_fraction: float | None,
+    backward_operator: Callable,
+    filenames: Sequence[str] | None = None,
+    slice_numbers: Sequence[int] | torch.Tensor | None = None,
+    check: bool = True,
+) -> torch.Tensor:
+    """The reference scale ``s`` per slice (B,), from the calibration centre every nested family shares.
+
+    The fully sampled k-space and any family's R = 32 input hold the same samples there, so training and inference,
+    and every family, get the same scale (:mod:`direct_nextaccel.core.intensity`).
+
+    Parameters
+    ----------
+    kspace : torch.Tensor
+        (B, C, H, W, 2), fully sampled or masked by a nested mask.
+    center_fraction : float or None
+        The masks' calibration centre value.
+    backward_operator : callable
+        DIRECT's inverse FFT.
+    filenames, slice_numbers : sequence, optional
+        To name a slice whose scale is zero or not finite.
+    check : bool
+        Refuse such a slice here (one read of the device); the engines check it with their inputs instead
+        (:meth:`~direct_nextaccel.core.engine.PluginEngine.reference_scale`).
+
+    Returns
+    -------
+    torch.Tensor
+        (B,).
+    """
+    region = torch.from_numpy(shared_calibration_mask(tuple(kspace.shape[2:4]), center_fraction))
+    return reference_scale(kspace, region, backward_operator, filenames, slice_numbers, check)
+
+
 def intensity_factor(
     kspace: torch.Tensor,
     center_fraction: float | None,
@@ -175,31 +211,9 @@ def intensity_factor(
     filenames: Sequence[str] | None = None,
     slice_numbers: Sequence[int] | torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """``gain / s`` per slice, ``s`` from the calibration centre every nested family shares.
-
-    The fully sampled k-space and any family's R = 32 input hold the same samples there, so training and inference,
-    and every family, get the same factor (:mod:`direct_nextaccel.core.intensity`).
-
-    Parameters
-    ----------
-    kspace : torch.Tensor
-        (B, C, H, W, 2), fully sampled or masked by a nested mask.
-    center_fraction : float or None
-        The masks' calibration centre value.
-    gain : torch.Tensor or float
-        The tokenizer's ``intensity_gain``.
-    backward_operator : callable
-        DIRECT's inverse FFT.
-    filenames, slice_numbers : sequence, optional
-        To name a slice whose scale is zero or not finite.
-
-    Returns
-    -------
-    torch.Tensor
-        (B,).
-    """
-    region = torch.from_numpy(shared_calibration_mask(tuple(kspace.shape[2:4]), center_fraction))
-    return gain / reference_scale(kspace, region, backward_operator, filenames, slice_numbers)
+    """``gain / s`` per slice (B,), ``s`` the checked :func:`calibration_scale` (same parameters; ``gain`` the
+    tokenizer's ``intensity_gain``)."""
+    return gain / calibration_scale(kspace, center_fraction, backward_operator, filenames, slice_numbers)
 
 
 def family_labels(families: Sequence[str], device: torch.device) -> torch.Tensor:
@@ -210,6 +224,7 @@ def family_labels(families: Sequence[str], device: torch.device) -> torch.Tensor
 __all__ = [
     "FILE_MASK_CACHE_BYTES",
     "NUM_LEVELS",
+    "calibration_scale",
     "choose_families",
     "family_labels",
     "hierarchy_images",

@@ -150,14 +150,15 @@ class AQVAE(nn.Module):
             raise ValueError(f"levels {levels} repeat a level")
         return levels
 
-    def _check_family(self, family: torch.Tensor, batch: int) -> None:
+    def _check_family(self, family: torch.Tensor, batch: int, check_values: bool) -> None:
         if family.dtype not in (torch.int64, torch.int32):
             raise TypeError(f"family must be an integer tensor, got {family.dtype}")
         if tuple(family.shape) != (batch,):
             raise ValueError(f"family must have shape ({batch},), got {tuple(family.shape)}")
-        outside = (family < 0) | (family >= self.num_families)
-        if outside.any():
-            raise ValueError(f"mask family {family[outside][0].item()} is outside [0, {self.num_families})")
+        if check_values:  # one read of the device
+            outside = (family < 0) | (family >= self.num_families)
+            if outside.any():
+                raise ValueError(f"mask family {family[outside][0].item()} is outside [0, {self.num_families})")
 
     def _check_image_size(self, images: torch.Tensor) -> None:
         if tuple(images.shape[-2:]) != self.image_size:
@@ -169,6 +170,8 @@ class AQVAE(nn.Module):
         family: torch.Tensor,
         levels: Sequence[int] | None = None,
         return_features: bool = False,
+        *,
+        check_values: bool = True,
     ) -> AQVAEEncoding:
         """Tokenize the images of several acceleration levels with one encoder pass.
 
@@ -184,6 +187,9 @@ class AQVAE(nn.Module):
             Level indices of the L images (default all levels, in order).
         return_features : bool
             Also return the encoder's context features of every level.
+        check_values : bool
+            Refuse a family label outside ``[0, num_families)`` (one read of the device). The engines pass False:
+            their labels come from validated family names, so a training step does not wait for the device here.
 
         Returns
         -------
@@ -197,11 +203,13 @@ class AQVAE(nn.Module):
             )
         self._check_image_size(images)
         batch, num = images.shape[:2]
-        self._check_family(family, batch)
+        self._check_family(family, batch, check_values)
         # One pass over B * L images; GroupNorm is per sample, so this equals encoding each level on its own.
         level_labels = torch.tensor(levels, device=images.device).repeat(batch)  # B*L, batch-major
         family_labels = family.long().repeat_interleave(num)  # B*L
-        z, features = self.encoder(images.flatten(0, 1), (level_labels, family_labels), return_features=True)
+        z, features = self.encoder(
+            images.flatten(0, 1), (level_labels, family_labels), return_features=True, check_values=False
+        )
         z = z.unflatten(0, (batch, num))  # B, L, D, h, w
 
         indices, z_q, commit = [], [], []
@@ -268,7 +276,12 @@ class AQVAE(nn.Module):
         return self.decode_latent(self.fuse([self.quantizer.lookup(idx) for idx in tokens], levels))
 
     def forward(
-        self, images: torch.Tensor, family: torch.Tensor, levels: Sequence[int] | None = None
+        self,
+        images: torch.Tensor,
+        family: torch.Tensor,
+        levels: Sequence[int] | None = None,
+        *,
+        check_values: bool = True,
     ) -> dict[str, Any]:
         """Tokenize and reconstruct.
 
@@ -280,6 +293,8 @@ class AQVAE(nn.Module):
             Long (B,) mask-family index.
         levels : Sequence[int] | None
             Level indices of the images.
+        check_values : bool
+            As in :meth:`encode`.
 
         Returns
         -------
@@ -288,7 +303,7 @@ class AQVAE(nn.Module):
             ``usage`` list of (used fraction, perplexity) scalar pairs per level; ``levels`` the level indices.
         """
         levels = self._check_levels(levels)
-        encoding = self.encode(images, family, levels)
+        encoding = self.encode(images, family, levels, check_values=check_values)
         reconstruction = self.decode_latent(self.fuse(encoding.z_q, levels))
         usage = [self.quantizer.usage(idx) for idx in encoding.indices]
         return {
@@ -320,9 +335,9 @@ class AQVAE(nn.Module):
         if image.ndim != 4:
             raise ValueError(f"expected an image of shape (B, {self.in_channels}, H, W), got {tuple(image.shape)}")
         self._check_image_size(image)
-        self._check_family(family, image.shape[0])
+        self._check_family(family, image.shape[0], check_values=True)
         labels = (torch.full_like(family, level, dtype=torch.long), family.long())
-        return self.encoder(image, labels, return_features=True)[1]
+        return self.encoder(image, labels, return_features=True, check_values=False)[1]
 
     def ema_update(self) -> None:
         """Apply the codebook EMA step for everything encoded in training mode since the last call."""

@@ -16,14 +16,18 @@ import torch
 
 from direct_nextaccel import _hook
 from direct_nextaccel.core.checkpoints import CheckpointError, read_checkpoint
-from direct_nextaccel.core.engine import INTENSITY_KEY, TokenizerEngine
+from direct_nextaccel.core.engine import INTENSITY_KEY, SCALE_KEY, TokenizerEngine
 from direct_nextaccel.core.images import WorkingGrid
-from direct_nextaccel.masks.nested import LEVELS
+from direct_nextaccel.masks.nested import FAMILIES, LEVELS, family_index
 from direct_nextaccel.nextaccel import acquisition
 from direct_nextaccel.nextaccel.config import AQVAEConfig
 from direct_nextaccel.schedules import warmup_schedule
 
 logger = logging.getLogger(__name__)
+
+MASK_SEED_OFFSET = 1
+"""Offset added to the process's torch seed for the generator of the training masks' random inputs (on the engine's
+device), so that its stream differs from the family choice's."""
 
 
 def _recorded_best_ssim(path: Path) -> float | None:
@@ -68,11 +72,20 @@ class AQVAEEngine(TokenizerEngine):
     def __init__(self, cfg, model, device, forward_operator, backward_operator, mixed_precision=False, **models):
         super().__init__(cfg, model, device, forward_operator, backward_operator, mixed_precision, **models)
         self.families = tuple(cfg.model.mask_families)
+        # Checked here once: the steps pass the labels of these families to the model without reading them back.
+        outside = [family for family in self.families if family_index(family) >= self.tokenizer.num_families]
+        if outside:
+            raise ValueError(
+                f"model.mask_families {list(self.families)} has {outside}, whose labels are outside the model's "
+                f"num_families {self.tokenizer.num_families} (labels in the order of {list(FAMILIES)})"
+            )
         self.center_fraction = cfg.model.mask_center_fraction
         self.output_levels = tuple(cfg.model.output_levels)
         self.discriminator = None
         self.discriminator_optimizer = None
+        # Families are drawn on the host (the masks are built per family), the masks' random inputs on the device.
         self._family_generator = torch.Generator().manual_seed(torch.initial_seed() % 2**63)
+        self._mask_generator = torch.Generator(device).manual_seed((torch.initial_seed() + MASK_SEED_OFFSET) % 2**63)
         self._best_ssim = float("-inf")
 
     def _loss_names(self) -> list[str]:
@@ -196,18 +209,18 @@ class AQVAEEngine(TokenizerEngine):
         )
         # Training draws a fresh nested family per slice (like the baselines' use_seed: false); evaluation uses
         # DIRECT's per-file seed so runs are comparable.
-        seeds = None
-        if self.model.training:
-            seeds = [tuple(torch.randint(2**31, (2,), generator=self._family_generator).tolist()) for _ in families]
-        masks = acquisition.level_masks(data["filename"], families, (height, width), self.center_fraction, seeds)
+        draws = self._mask_generator if self.model.training else None
+        masks = acquisition.level_masks(
+            data["filename"], families, (height, width), self.center_fraction, draws, kspace.device
+        )
         factor = self.intensity_factor(data)
-        images = acquisition.hierarchy_images(
-            kspace, data["sensitivity_map"], masks.to(kspace.device), self.backward_operator
-        ) * factor[:, None, None, None, None].to(kspace.dtype)
+        images = acquisition.hierarchy_images(kspace, data["sensitivity_map"], masks, self.backward_operator) * factor[
+            :, None, None, None, None
+        ].to(kspace.dtype)
         grid = WorkingGrid.of_batch(data, (height, width), self.tokenizer.image_size)
         images = grid.to_working(images)  # B, 6, 2, h, w
         labels = acquisition.family_labels(families, kspace.device)
-        result = self.model(images, labels)
+        result = self.model(images, labels, check_values=False)  # labels of validated family names
         if not self.model.training and self.output_levels != tuple(range(acquisition.NUM_LEVELS)):
             tokens = [result["indices"][level] for level in self.output_levels]
             result["reconstruction"] = self.tokenizer.decode_indices(tokens, levels=self.output_levels)
@@ -227,16 +240,22 @@ class AQVAEEngine(TokenizerEngine):
             outputs["discriminator_inputs"] = (real, fake)
         return outputs
 
+    def reference_scale(self, data: dict[str, Any]) -> torch.Tensor | None:
+        """The fully sampled k-space's reference scale (B,), unchecked: :meth:`_do_iteration` checks it with the
+        inputs."""
+        if "kspace" not in data:
+            return None  # the iteration refuses the batch in its own words
+        return acquisition.calibration_scale(data["kspace"], self.center_fraction, self.backward_operator, check=False)
+
     def intensity_factor(self, data: dict[str, Any]) -> torch.Tensor:
-        """``intensity_gain / s`` per slice (B,), ``s`` from the calibration centre every family shares."""
-        return acquisition.intensity_factor(
-            data["kspace"],
-            self.center_fraction,
-            self.tokenizer.intensity_gain,
-            self.backward_operator,
-            data.get("filename"),
-            data.get("slice_no"),
-        )
+        """``intensity_gain / s`` per slice (B,), ``s`` from the calibration centre every family shares: the batch's
+        checked :data:`SCALE_KEY` inside an iteration, else computed and checked here."""
+        scale = data.get(SCALE_KEY)
+        if scale is None:
+            scale = acquisition.calibration_scale(
+                data["kspace"], self.center_fraction, self.backward_operator, data.get("filename"), data.get("slice_no")
+            )
+        return self.tokenizer.intensity_gain / scale
 
     @staticmethod
     def _discriminator_inputs(fully_sampled: torch.Tensor, reconstruction: torch.Tensor):

@@ -223,6 +223,7 @@ class TeacherEngine(NextAccelEngine):
             top_k=config.top_k,
             top_p=config.top_p,
             generator=self._prefix_generator,
+            check_values=False,
         )
 
     def teacher_forcing_tokens(
@@ -237,7 +238,7 @@ class TeacherEngine(NextAccelEngine):
             predictions = self.base_rollout(tokens[0], image32, family)[1:]
         elif config.prefix_noise != "uniform":
             with torch.no_grad():
-                logits = self.transformer(tokens, image32, family, fs_image=fs_image)
+                logits = self.transformer(tokens, image32, family, fs_image=fs_image, check_values=False)
             predictions = [
                 level_logits.argmax(dim=-1).view_as(level)
                 for level_logits, level in zip(logits, tokens[1:], strict=True)
@@ -312,6 +313,7 @@ class DistillationEngine(NextAccelEngine):
                 top_k=config.top_k,
                 top_p=config.top_p,
                 generator=self._rollout_generator,
+                check_values=False,
             )
         finally:
             student.train(was_training)
@@ -328,10 +330,10 @@ class DistillationEngine(NextAccelEngine):
         images, family = self.hierarchy(data, levels=(0, len(LEVELS)))
         image32, fs_image = images[:, 0], images[:, 1]
         with torch.no_grad():
-            q32 = self.tokenizer.encode(image32[:, None], family, levels=[0]).indices[0]
+            q32 = self.tokenizer.encode(image32[:, None], family, levels=[0], check_values=False).indices[0]
             rollout = self.rollout(q32, image32, family)
-            teacher_logits = self.teacher(rollout, image32, family, fs_image=fs_image)
-        student_logits = self.model(rollout, image32, family)
+            teacher_logits = self.teacher(rollout, image32, family, fs_image=fs_image, check_values=False)
+        student_logits = self.model(rollout, image32, family, check_values=False)
         loss, per_level = reverse_kl(student_logits, teacher_logits)
         names = [f"reverse_kl_R{level}" for level in LEVELS]
         return {"reverse_kl": loss, "rollout": rollout, "scalars": dict(zip(names, per_level, strict=True))}

@@ -323,9 +323,6 @@ class NextAccel(nn.Module):
             raise TypeError(f"family must be an integer tensor, got {family.dtype}")
         if tuple(family.shape) != (batch,):
             raise ValueError(f"family must have shape ({batch},), got {tuple(family.shape)}")
-        outside = (family < 0) | (family >= self.num_families)
-        if outside.any():
-            raise ValueError(f"mask family {family[outside][0].item()} is outside [0, {self.num_families})")
 
     def _check_tokens(self, name: str, tokens: Tensor, level: int, batch: int) -> None:
         grid = self.token_grids[level]
@@ -335,13 +332,24 @@ class NextAccel(nn.Module):
             raise ValueError(
                 f"{name} (level {level}) must have shape ({batch}, {grid}, {grid}), got {tuple(tokens.shape)}"
             )
-        outside = (tokens < 0) | (tokens >= self.codebook_size)
-        if outside.any():
-            raise ValueError(f"token {tokens[outside][0].item()} of {name} is outside [0, {self.codebook_size})")
+
+    def _check_values(self, family: Tensor, tokens: Sequence[tuple[str, Tensor]] = ()) -> None:
+        """Refuse a family label or a token outside its range, with one read of the device for all of them (the
+        offender is searched for only after a failure). Shapes and dtypes are checked without reading the device."""
+        checks = [("mask family {}", family, self.num_families)]
+        checks += [(f"token {{}} of {name}", values, self.codebook_size) for name, values in tokens]
+        outside = [(values < 0) | (values >= limit) for _, values, limit in checks]
+        if not bool(torch.stack([flags.any() for flags in outside]).any()):
+            return
+        for (what, values, limit), flags in zip(checks, outside, strict=True):
+            if flags.any():
+                raise ValueError(f"{what.format(values[flags][0].item())} is outside [0, {limit})")
 
     # Context --------------------------------------------------------------------------------------------------------
 
-    def context(self, image32: Tensor, family: Tensor, fs_image: Tensor | None = None) -> list[ContextKV]:
+    def context(
+        self, image32: Tensor, family: Tensor, fs_image: Tensor | None = None, *, check_values: bool = True
+    ) -> list[ContextKV]:
         """Cross-attention keys/values of every block, computed once per slice and reused at every level.
 
         Parameters
@@ -352,6 +360,10 @@ class NextAccel(nn.Module):
             Integer (B,) mask-family index.
         fs_image : Tensor, optional
             Fully sampled image (B, in_channels, H, W); required with ``privileged_context``, refused without.
+        check_values : bool
+            Refuse a family label outside ``[0, num_families)`` (one read of the device). The engines pass False:
+            their labels come from validated family names (:func:`~.acquisition.family_labels`), so a training step
+            does not wait for the device here.
 
         Returns
         -------
@@ -361,6 +373,8 @@ class NextAccel(nn.Module):
         """
         batch = self._check_image("image32", image32)
         self._check_family(family, batch)
+        if check_values:
+            self._check_values(family)
         family = family.long()  # the encoder's labels
         images, levels, families = image32, torch.zeros_like(family), family
         if self.privileged_context:
@@ -372,7 +386,7 @@ class NextAccel(nn.Module):
             families = torch.cat((family, family))
         elif fs_image is not None:
             raise ValueError("fs_image was given but privileged_context=False: only the teacher sees the FS image")
-        features = self.context_encoder(images, (levels, families), return_features=True)[1]
+        features = self.context_encoder(images, (levels, families), return_features=True, check_values=False)[1]
         groups = []
         for g, stride in enumerate(self.context_strides):
             feature = features[self.image_size[0] // stride]  # B', Cs, h, w
@@ -419,7 +433,13 @@ class NextAccel(nn.Module):
         return list(self._head(x, cond).split(self.lengths[:n], dim=1))
 
     def forward(
-        self, tokens: Sequence[Tensor], image32: Tensor, family: Tensor, fs_image: Tensor | None = None
+        self,
+        tokens: Sequence[Tensor],
+        image32: Tensor,
+        family: Tensor,
+        fs_image: Tensor | None = None,
+        *,
+        check_values: bool = True,
     ) -> list[Tensor]:
         """Teacher-forced logits of every predicted level in one pass.
 
@@ -430,6 +450,11 @@ class NextAccel(nn.Module):
             student rollout for distillation). The finest level is only a target and is not read.
         image32, family, fs_image
             As in :meth:`context`.
+        check_values : bool
+            Refuse tokens outside ``[0, codebook_size)`` and family labels outside ``[0, num_families)``, all with
+            one read of the device. The engines pass False: their tokens come from the tokenizer (or the model's own
+            rollout) and their labels from validated family names, so a training step does not wait for the device
+            here.
 
         Returns
         -------
@@ -441,7 +466,11 @@ class NextAccel(nn.Module):
         batch = tokens[0].shape[0]
         for level, level_tokens in enumerate(tokens[:-1]):
             self._check_tokens(f"tokens[{level}]", level_tokens, level, batch)
-        context_kv = self.context(image32, family, fs_image)
+        if check_values:
+            self._check_image("image32", image32)
+            self._check_family(family, batch)
+            self._check_values(family, [(f"tokens[{level}]", values) for level, values in enumerate(tokens[:-1])])
+        context_kv = self.context(image32, family, fs_image, check_values=False)
         if image32.shape[0] != batch:
             raise ValueError(f"image32 has batch {image32.shape[0]}, the tokens have {batch}")
         return self._teacher_forced_logits(tokens[:-1], family, context_kv)
@@ -487,6 +516,7 @@ class NextAccel(nn.Module):
         return_probs: bool = False,
         use_cache: bool = True,
         fs_image: Tensor | None = None,
+        check_values: bool = True,
     ) -> list[Tensor] | tuple[list[Tensor], list[Tensor]]:
         """Predict the levels after the known ones, one level per step, with cross-attention keys/values computed once.
 
@@ -519,6 +549,8 @@ class NextAccel(nn.Module):
             chosen path (temperature and filtering not applied), e.g. for :func:`uncertainty_map`.
         use_cache : bool
             Keep per-block KV caches (default); False recomputes all known levels with the mask at each step.
+        check_values : bool
+            As in :meth:`forward`, for the known tokens and the family labels.
 
         Returns
         -------
@@ -542,10 +574,14 @@ class NextAccel(nn.Module):
                 f"known tokens of {len(prefix)} levels: give those of levels 0..k with k < {self.num_levels - 1}, "
                 "at least Q32 and at least one level left to generate"
             )
-        for level, tokens in enumerate(prefix):
-            self._check_tokens("q32" if isinstance(known, Tensor) else f"known[{level}]", tokens, level, batch)
+        names = ["q32"] if isinstance(known, Tensor) else [f"known[{level}]" for level in range(len(prefix))]
+        for level, (name, tokens) in enumerate(zip(names, prefix, strict=True)):
+            self._check_tokens(name, tokens, level, batch)
+        if check_values:
+            self._check_family(family, batch)
+            self._check_values(family, list(zip(names, prefix, strict=True)))
         first = len(prefix)  # the first generated level
-        context_kv = self.context(image32, family, fs_image)
+        context_kv = self.context(image32, family, fs_image, check_values=False)
 
         step: StepFn
         state: Any

@@ -36,7 +36,7 @@ from direct.nn.mri_models import _compute_resolution
 from torch import Tensor, nn
 
 from direct_nextaccel import _hook
-from direct_nextaccel.core.engine import PluginEngine
+from direct_nextaccel.core.engine import SCALE_KEY, PluginEngine
 from direct_nextaccel.core.images import WorkingGrid
 from direct_nextaccel.masks.nested import FAMILIES, LEVELS, MASK_NAMES, family_index, family_of, mask_func_for_family
 from direct_nextaccel.modules.transformer import token_cross_entropy
@@ -54,6 +54,10 @@ LADDER_TOLERANCE = 1.15
 acceleration is reported as a mask that is not nested; further away, as an acceleration outside the ladder."""
 
 UNCERTAINTY_FOLDER = "uncertainty"
+
+FRESH_MASK_SEED_OFFSET = 3
+"""Offset added to the process's torch seed for the generator of the fresh masks' random inputs (on the engine's
+device), so that its stream differs from the family choice's and from the distillation engines' (1 and 2)."""
 
 _hook.install()
 
@@ -97,7 +101,11 @@ class NextAccelEngine(PluginEngine):
         self._families_recorded = False  # set again at the first training step, after an initialization checkpoint
         self.center_fraction = config.mask_center_fraction
         mask_func_for_family(self.family, (LEVELS[0],), [self.center_fraction])  # refuses a bad centre fraction
+        # Families are drawn on the host (the masks are built per family), the masks' random inputs on the device.
         self._mask_generator = torch.Generator().manual_seed(torch.initial_seed() % 2**63)
+        self._fresh_mask_generator = torch.Generator(device).manual_seed(
+            (torch.initial_seed() + FRESH_MASK_SEED_OFFSET) % 2**63
+        )
 
         checkpoint = load_checkpoint(config.tokenizer_checkpoint, "tokenizer_checkpoint")
         self.tokenizer = load_tokenizer(checkpoint, config.tokenizer_checkpoint, config, device)
@@ -217,12 +225,12 @@ class NextAccelEngine(PluginEngine):
         fresh = self.model.training and self.cfg.model.training_masks == "fresh"
         if self.model.training:
             families = [self.family] * len(filenames)
-            seeds = None
+            draws = None
             if fresh:
                 families = acquisition.choose_families(filenames, self.families, self._mask_generator)
-                seeds = [tuple(torch.randint(2**31, (2,), generator=self._mask_generator).tolist()) for _ in filenames]
-            masks = acquisition.level_masks(filenames, families, tuple(kspace.shape[2:4]), self.center_fraction, seeds)
-            masks = masks.to(kspace.device)
+                draws = self._fresh_mask_generator
+            shape = tuple(kspace.shape[2:4])
+            masks = acquisition.level_masks(filenames, families, shape, self.center_fraction, draws, kspace.device)
             if not fresh:
                 self._check_sampling_mask(masks[:, 0], data)
         else:
@@ -233,17 +241,24 @@ class NextAccelEngine(PluginEngine):
         images = images * self.intensity_factor(kspace, data)[:, None, None, None, None].to(images.dtype)
         return self.working_grid(data).to_working(images), acquisition.family_labels(families, kspace.device)
 
+    def reference_scale(self, data: dict[str, Any]) -> Tensor | None:
+        """The reference scale (B,) of the k-space the iteration reads (the fully sampled k-space in training,
+        DIRECT's ``masked_kspace`` otherwise), unchecked: :meth:`_do_iteration` checks it with the inputs."""
+        key = "kspace" if self.model.training else "masked_kspace"
+        if key not in data:
+            return None  # the iteration refuses the batch in its own words
+        return acquisition.calibration_scale(data[key], self.center_fraction, self.backward_operator, check=False)
+
     def intensity_factor(self, kspace: Tensor, data: dict[str, Any]) -> Tensor:
-        """``intensity_gain / s`` per slice (B,) (:func:`acquisition.intensity_factor`): the fully sampled and the R32
-        k-space give the same value."""
-        return acquisition.intensity_factor(
-            kspace,
-            self.center_fraction,
-            self.tokenizer.intensity_gain,
-            self.backward_operator,
-            data.get("filename"),
-            data.get("slice_no"),
-        )
+        """``intensity_gain / s`` per slice (B,) (:func:`acquisition.calibration_scale`): the fully sampled and the
+        R32 k-space give the same value. ``s`` is the batch's checked :data:`SCALE_KEY` inside an iteration, else
+        computed and checked here."""
+        scale = data.get(SCALE_KEY)
+        if scale is None:
+            scale = acquisition.calibration_scale(
+                kspace, self.center_fraction, self.backward_operator, data.get("filename"), data.get("slice_no")
+            )
+        return self.tokenizer.intensity_gain / scale
 
     def working_grid(self, data: dict[str, Any]) -> WorkingGrid:
         """The map between the batch's matrix (and reconstruction size) and the model's image size."""
@@ -255,16 +270,17 @@ class NextAccelEngine(PluginEngine):
         if "padding" in data:  # DIRECT zeroes its mask where the k-space is padding
             expected = expected & ~data["padding"][:, 0, :, :, 0].bool()
         given = data["sampling_mask"][:, 0, :, :, 0].bool()
-        for index in range(given.shape[0]):
-            if not torch.equal(expected[index], given[index]):
-                raise ValueError(
-                    f"DIRECT's sampling mask of {data['filename'][index]} is not level R{LEVELS[0]} of the nested "
-                    f"{self.family} mask this model was trained on (seeded by the file name, centre fraction "
-                    f"{self.center_fraction}): "
-                    f"set the dataset masking to name: {MASK_NAMES[self.family]}, accelerations: [{LEVELS[0]}], "
-                    f"center_fractions: [{self.center_fraction}] and use_seed: true, matching model.mask_family and "
-                    "model.mask_center_fraction"
-                )
+        differs = (expected != given).flatten(1).any(dim=1)  # B
+        if bool(differs.any()):  # the batch's one read of the device; the file is named after a failure
+            index = int(differs.nonzero()[0])
+            raise ValueError(
+                f"DIRECT's sampling mask of {data['filename'][index]} is not level R{LEVELS[0]} of the nested "
+                f"{self.family} mask this model was trained on (seeded by the file name, centre fraction "
+                f"{self.center_fraction}): "
+                f"set the dataset masking to name: {MASK_NAMES[self.family]}, accelerations: [{LEVELS[0]}], "
+                f"center_fractions: [{self.center_fraction}] and use_seed: true, matching model.mask_family and "
+                "model.mask_center_fraction"
+            )
 
     def teacher_forcing_tokens(
         self, tokens: list[Tensor], image32: Tensor, family: Tensor, fs_image: Tensor | None
@@ -287,9 +303,10 @@ class NextAccelEngine(PluginEngine):
         image32 = images[:, 0]
         fs_image = images[:, -1] if self.PRIVILEGED else None
         with torch.no_grad():
-            tokens = self.tokenizer.encode(images, family).indices  # 6 x (B, g, g)
+            tokens = self.tokenizer.encode(images, family, check_values=False).indices  # 6 x (B, g, g)
         inputs = self.teacher_forcing_tokens(tokens, image32, family, fs_image)
-        logits = self.model(inputs, image32, family, **({"fs_image": fs_image} if self.PRIVILEGED else {}))
+        privileged = {"fs_image": fs_image} if self.PRIVILEGED else {}
+        logits = self.model(inputs, image32, family, check_values=False, **privileged)
         loss, _ = token_cross_entropy(logits, tokens[1:])
         with torch.no_grad():
             accuracy = [
@@ -343,7 +360,8 @@ class NextAccelEngine(PluginEngine):
             index = torch.tensor([i for i, own in enumerate(levels) if own == level], device=images.device)
             group = images.index_select(0, index)[:, : level + 1]
             group_family = family.index_select(0, index)
-            known = self.tokenizer.encode(group, group_family, levels=list(range(level + 1))).indices
+            acquired = list(range(level + 1))
+            known = self.tokenizer.encode(group, group_family, levels=acquired, check_values=False).indices
             generated = self.transformer.generate(
                 known,
                 group[:, 0],
@@ -356,6 +374,7 @@ class NextAccelEngine(PluginEngine):
                 beam_alpha=config.beam_alpha,
                 return_probs=want_probs,
                 fs_image=None if privileged is None else privileged.index_select(0, index),
+                check_values=False,
             )
             group_tokens, probs = generated if want_probs else (generated, None)
             for target, source in zip(tokens, group_tokens, strict=True):

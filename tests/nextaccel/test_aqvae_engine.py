@@ -168,6 +168,24 @@ def test_nonfinite_batch_stops_before_the_update():
         engine._do_iteration(batch, engine.build_loss())
 
 
+def test_a_slice_without_reference_scale_is_named_before_the_forward_pass():
+    """The reference scale is checked with the inputs' one read (no read of its own), before the model sees the
+    batch: an all-zero calibration centre names its file and slice and leaves the model untouched."""
+    from direct_nextaccel.core.intensity import IntensityError
+    from direct_nextaccel.masks.nested import shared_calibration_mask
+
+    engine, batch = engine_and_batch()
+    centre = torch.from_numpy(shared_calibration_mask((64, 64), engine.center_fraction))
+    batch["kspace"][1, :, centre] = 0.0
+    engine.model.train()
+    before = {k: v.clone() for k, v in engine.model.state_dict().items()}
+    message = r"^file_brain_AXT1_001_0001\.h5 slice 1: reference scale 0\.0 .*all zero"
+    with pytest.raises(IntensityError, match=message):
+        engine._do_iteration(batch, engine.build_loss())
+    for key, value in engine.model.state_dict().items():
+        assert torch.equal(value, before[key]), key
+
+
 def test_missing_fully_sampled_kspace_is_a_clear_error():
     engine, batch = engine_and_batch(with_kspace=False)
     with pytest.raises(ValueError, match="delete_kspace: false"):
