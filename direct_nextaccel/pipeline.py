@@ -86,21 +86,25 @@ class Stage:
 #: training slices (iterations x batch) is the same for every method in the table.
 BATCH_SIZE = 2
 
+#: Iterations at budget 1 (the demo's default). NextAccel cannot beat its tokenizer's bound, and on the demo set's
+#: training subjects the AQ-VAE was still far from converged after 120 iterations (NextAccel then equalled the bound,
+#: 0.5-1 dB short of 3 dB above zero-filled on a held-out training subject), so the tokenizer gets most of the budget;
+#: teacher and distillation, which change little at this size, get the least. The baselines train 690 iterations each.
 STAGES: tuple[Stage, ...] = (
     Stage("E2EVarNet", "tiny_varnet_{family}.yaml", None),
     Stage("RecurrentVarNet", "tiny_recurrentvarnet_cartesian_y.yaml", None),
-    Stage("AQ-VAE", "tiny_aqvae.yaml", 120, benchmarked=False, bound=True),
+    Stage("AQ-VAE", "tiny_aqvae.yaml", 360, benchmarked=False, bound=True),
     Stage(
         "NextAccel",
         "tiny_nextaccel.yaml",
-        120,
+        240,
         {"tokenizer_checkpoint": "AQ-VAE"},
         model_overrides=lambda family: {"mask_family": family},
     ),
     Stage(
         "Teacher",
         "tiny_teacher.yaml",
-        120,
+        60,
         {"tokenizer_checkpoint": "AQ-VAE"},
         benchmarked=False,
         model_overrides=lambda family: {"mask_family": family},
@@ -108,7 +112,7 @@ STAGES: tuple[Stage, ...] = (
     Stage(
         "NextAccel-distilled",
         "tiny_distill.yaml",
-        60,
+        30,
         {"tokenizer_checkpoint": "AQ-VAE", "teacher_checkpoint": "Teacher"},
         model_overrides=lambda family: {"mask_family": family},
         start_from="NextAccel",

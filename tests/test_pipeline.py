@@ -66,14 +66,16 @@ def test_a_stage_listed_before_the_stage_it_needs_is_refused():
 
 def test_stage_config_fills_family_budget_and_earlier_checkpoints(tmp_path):
     config = pipeline.stage_config(_stage("NextAccel-distilled"), "radial", 0.5, tmp_path)
-    assert config["training"]["num_iterations"] == 30
-    assert config["training"]["checkpointer"]["checkpoint_steps"] == 30
+    iterations = {name: pipeline.stage_iterations(name, 0.5) for name in ("AQ-VAE", "Teacher", "NextAccel")}
+    assert config["training"]["num_iterations"] == round(_stage("NextAccel-distilled").iterations * 0.5)
+    assert config["training"]["checkpointer"]["checkpoint_steps"] == config["training"]["num_iterations"]
     datasets = [*config["training"]["datasets"], *config["validation"]["datasets"], config["inference"]["dataset"]]
     assert {d["transforms"]["masking"]["name"] for d in datasets} == {MASK_NAMES["radial"]}
     assert config["model"]["mask_family"] == "radial"
-    assert config["model"]["tokenizer_checkpoint"] == str(tmp_path / "AQ-VAE" / "model_59.pt")
-    assert config["model"]["teacher_checkpoint"] == str(tmp_path / "Teacher" / "model_59.pt")
-    assert config["training"]["model_checkpoint"] == str(tmp_path / "NextAccel" / "model_59.pt")
+    last = {name: f"model_{count - 1}.pt" for name, count in iterations.items()}
+    assert config["model"]["tokenizer_checkpoint"] == str(tmp_path / "AQ-VAE" / last["AQ-VAE"])
+    assert config["model"]["teacher_checkpoint"] == str(tmp_path / "Teacher" / last["Teacher"])
+    assert config["training"]["model_checkpoint"] == str(tmp_path / "NextAccel" / last["NextAccel"])
     assert _stage("NextAccel-distilled").upstream == ("AQ-VAE", "Teacher", "NextAccel")
 
 
@@ -102,8 +104,8 @@ def test_every_benchmarked_method_trains_on_as_many_slices_as_the_nextaccel_chai
 
 def test_baseline_step_schedule_is_stretched_with_its_budget(tmp_path):
     training = pipeline.stage_config(_stage("E2EVarNet"), "cartesian_y", 1.0, tmp_path)["training"]
-    # tiny config: 30 iterations, one halving after 20; the demo's 420 keep one halving, after 280
-    assert (training["num_iterations"], training["lr_step_size"]) == (420, 280)
+    # tiny config: 30 iterations, one halving after 20; the demo's 690 keep one halving, after 460
+    assert (training["num_iterations"], training["lr_step_size"]) == (690, 460)
 
 
 def test_superresolution_chain_keeps_its_mask_and_feeds_the_tokenizer_to_miar(tmp_path):
@@ -163,7 +165,8 @@ def test_train_stage_reuses_only_a_run_of_the_same_data(tmp_path, monkeypatch):
     data_a, data_b = write_data(tmp_path / "a"), write_data(tmp_path / "b", b"other subject")
 
     checkpoint = pipeline.train_stage(stage, config, data_a, runs, "cpu")
-    assert checkpoint == runs / "AQ-VAE" / "model_5.pt" and checkpoint.is_file()
+    assert checkpoint == pipeline.final_checkpoint(runs / "AQ-VAE", config["training"]["num_iterations"])
+    assert checkpoint.is_file()
     assert pipeline.train_stage(stage, config, data_a, runs, "cpu") == checkpoint
     assert len(fake.commands) == 1  # same config and data: reused
     pipeline.train_stage(stage, config, data_b, runs, "cpu")
