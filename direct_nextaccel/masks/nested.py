@@ -304,9 +304,42 @@ def _gaussian_levels(shape: tuple[int, int], center: float, log_exponentials: to
     return torch.bucketize(rank, budgets, right=True).to(torch.int8).view(-1, rows, cols)
 
 
-def _spoke_first_hits(shape: tuple[int, int], first_angle: torch.Tensor, start: int, count: int) -> torch.Tensor:
+def _fresh_gaussian_levels(
+    shape: tuple[int, int], center: float, count: int, generator: torch.Generator
+) -> torch.Tensor:
+    """Level map ``(count, H, W)`` ``int8`` of Gaussian variable density for fresh masks, faster than
+    :func:`_gaussian_levels` on the same law: Efraimidis-Spirakis keys ``E / w`` in float32 (no logarithm), and each
+    level's threshold by nested partial selection instead of a sort of every point.
+
+    Non-negative float32 keys are ordered like their bit patterns, so each key becomes an integer with the point's
+    index in the low 32 bits: distinct, so each threshold takes exactly its level's budget. The calibration centre's
+    keys are -1, below every other.
+    """
+    rows, cols = shape
+    device = generator.device
+    std_rows, std_cols = (6 * math.sqrt(max(size // 2, 1)) for size in shape)
+    row = torch.arange(rows, device=device, dtype=torch.float32)[:, None] - rows // 2
+    col = torch.arange(cols, device=device, dtype=torch.float32)[None, :] - cols // 2
+    inverse_weight = (row**2 / (2 * std_rows**2) + col**2 / (2 * std_cols**2)).exp().flatten()  # H W
+    centre = torch.from_numpy(_centre_2d(shape, center).ravel()).to(device)
+    keys = torch.empty((count, rows * cols), dtype=torch.float32, device=device).exponential_(generator=generator)
+    keys = keys.mul_(inverse_weight).masked_fill_(centre, -1.0)  # B, H W
+    ordered = (keys.view(torch.int32).long() << 32) | torch.arange(rows * cols, device=device)  # B, H W; distinct
+    thresholds = []
+    candidates = ordered
+    for budget in _budgets(rows * cols)[::-1].tolist():  # R2 first: each level is selected among the next finer one
+        candidates = candidates.topk(budget, dim=1, largest=False, sorted=False).values
+        thresholds.append(candidates.amax(dim=1))
+    thresholds = torch.stack(thresholds[::-1], dim=1)  # B, 5: the key of the last point of each level, R32 first
+    return torch.searchsorted(thresholds, ordered).to(torch.int8).view(count, rows, cols)
+
+
+def _spoke_first_hits(
+    shape: tuple[int, int], first_angle: torch.Tensor, start: int, count: int, dtype: torch.dtype = torch.float64
+) -> torch.Tensor:
     """Index of the first of golden-angle spokes ``start ... start + count - 1`` through each pixel, ``(B, H W)``
-    long, :data:`_NEVER` where none passes.
+    long, :data:`_NEVER` where none passes. ``dtype`` is that of the pixel arithmetic: float64 for the per-file
+    masks (bit-identical to numpy's), float32 for fresh ones.
 
     Spoke ``k`` of a sample has angle ``first_angle + k * golden angle`` (in pixel units) and is a digital line through
     the centre that steps one pixel along its dominant axis, so it is 8-connected and holds each of its pixels once.
@@ -315,12 +348,12 @@ def _spoke_first_hits(shape: tuple[int, int], first_angle: torch.Tensor, start: 
     device = first_angle.device
     centre_row, centre_col = rows // 2, cols // 2
     index = torch.arange(start, start + count, device=device)  # S
-    angles = first_angle[:, None] + index.to(torch.float64) * _GOLDEN_ANGLE  # B, S
+    angles = (first_angle[:, None] + index.to(torch.float64) * _GOLDEN_ANGLE).to(dtype)  # B, S
     sin, cos = angles.sin()[..., None], angles.cos()[..., None]  # B, S, 1
     along_cols = cos.abs() >= sin.abs()
     slope = torch.where(along_cols, sin / torch.where(along_cols, cos, 1.0), 0.0)
     inverse_slope = torch.where(along_cols, 0.0, cos / torch.where(along_cols, 1.0, sin))
-    step = torch.arange(max(rows, cols), device=device, dtype=torch.float64)  # L
+    step = torch.arange(max(rows, cols), device=device, dtype=dtype)  # L
     row = torch.where(along_cols, torch.round(centre_row + (step - centre_col) * slope), step)  # B, S, L
     col = torch.where(along_cols, step, torch.round(centre_col + (step - centre_row) * inverse_slope))  # B, S, L
     inside = (row >= 0) & (row < rows) & (col >= 0) & (col < cols)
@@ -348,10 +381,19 @@ def _spokes_for(shape: tuple[int, int], center: float, first_angle: torch.Tensor
 
 @functools.lru_cache(maxsize=16)
 def _fresh_spoke_count(shape: tuple[int, int], center: float) -> int:
-    """Spokes that cover the R=2 budget whatever the first angle (the most over 16 angles, plus one chunk): fresh
-    masks draw this many up front instead of checking the coverage on the host."""
-    angles = torch.linspace(0, math.pi, 17, dtype=torch.float64)[:-1]
-    return _spokes_for(shape, center, angles)[1] + _SPOKE_CHUNK
+    """Spokes that cover the R=2 budget whatever the first angle: the most over 32 first angles, plus an eighth and 8
+    (the count varies by a few spokes with the angle). Fresh masks draw this many up front instead of checking the
+    coverage on the host, and no more: the spokes are most of their cost."""
+    angles = torch.linspace(0, math.pi, 33, dtype=torch.float64)[:-1]
+    first_spoke, num_spokes = _spokes_for(shape, center, angles)
+    centre = torch.from_numpy(_centre_2d(shape, center).ravel())
+    spoke_bin = torch.where(centre | (first_spoke == _NEVER), num_spokes, first_spoke)  # B, H W
+    new_points = torch.zeros(len(angles), num_spokes + 1, dtype=torch.long).scatter_add_(
+        1, spoke_bin, torch.ones_like(spoke_bin)
+    )
+    covered = new_points[:, :-1].cumsum(dim=1) + centre.sum()  # B, K: centre and the first k + 1 spokes
+    needed = int((covered < int(_budgets(shape[0] * shape[1])[-1])).sum(dim=1).max()) + 1
+    return min(needed + needed // 8 + 8, num_spokes)
 
 
 def _radial_levels(
@@ -368,41 +410,42 @@ def _radial_levels(
     num_spokes - 1``.
 
     The top-up of a level is smaller than the new points of one spoke (else that spoke would have fit), so at most
-    ``max(H, W)`` points: a partial selection instead of a sort of every point.
+    ``max(H, W)`` points: a partial selection instead of a sort of every point. The counts per level come from
+    per-spoke tallies (``(B, K + 1)``), and the levels are assigned once at the end: a point's level is the first
+    whose spokes reach it, or the level that topped it up, whichever is coarser (a topped-up point is one no spoke of
+    its level reaches), 0 in the calibration centre.
     """
     rows, cols = shape
     batch, device = first_angle.shape[0], first_angle.device
     centre = torch.from_numpy(_centre_2d(shape, center).ravel()).to(device)
-    reached = first_spoke < _NEVER
-    spoke_bin = torch.where(reached, first_spoke, num_spokes)  # B, H W; num_spokes: no spoke
-    ones = torch.ones_like(spoke_bin)
+    spoke_bin = torch.where(first_spoke < _NEVER, first_spoke, num_spokes)  # B, H W; num_spokes: no spoke
     new_points = torch.zeros(batch, num_spokes + 1, dtype=torch.long, device=device)
-    new_points.scatter_add_(1, torch.where(centre, num_spokes, spoke_bin), ones)
+    new_points.scatter_add_(1, torch.where(centre, num_spokes, spoke_bin), torch.ones_like(spoke_bin))
     # covered[:, k] = |centre ∪ first k spokes|
     covered = torch.cat([new_points.new_zeros(batch, 1), new_points[:, :-1].cumsum(dim=1)], dim=1) + centre.sum()
+    spoke_key = spoke_bin.masked_fill(centre, -1)  # a point is free for spokes < k when spoke_key >= k (not centre)
 
-    levels = torch.full((batch, rows * cols), FULLY_SAMPLED, dtype=torch.int8, device=device)
-    levels.masked_fill_(centre, 0)
-    topped_up = torch.zeros(batch, rows * cols, dtype=torch.bool, device=device)
-    spokes_used = torch.zeros(batch, 1, dtype=torch.long, device=device)
+    topped_level = torch.full((batch, rows * cols), FULLY_SAMPLED, dtype=torch.int8, device=device)
+    random_points = torch.zeros(batch, num_spokes + 1, dtype=torch.long, device=device)  # topped-up points per bin
+    spokes_per_level = []
+    length = min(max(rows, cols), rows * cols)
     for index, budget in enumerate(_budgets(rows * cols).tolist()):
         # Points added at random earlier and crossed by a later spoke are counted once: the sampled count after k
         # spokes is covered[k] plus the random points no spoke among the first k reaches; it grows with k.
-        random_points = torch.zeros(batch, num_spokes + 1, dtype=torch.long, device=device)
-        random_points.scatter_add_(1, spoke_bin, topped_up.long())
         beyond = random_points.flip(1).cumsum(dim=1).flip(1)  # B, K + 1: random points first reached at k or never
+        sampled = covered + beyond
         limit = torch.full((batch, 1), budget, dtype=torch.long, device=device)
-        spokes = torch.searchsorted(covered + beyond, limit, right=True) - 1  # B, 1
-        on_spokes = (first_spoke >= spokes_used) & (first_spoke < spokes) & (levels == FULLY_SAMPLED)
-        levels = levels.masked_fill(on_spokes, index)
-        spokes_used = spokes
-        missing = budget - (levels <= index).sum(dim=1, keepdim=True)  # B, 1
-        candidates = torch.where(levels == FULLY_SAMPLED, top_up_rank, math.inf)
-        first = candidates.topk(min(max(rows, cols), rows * cols), dim=1, largest=False, sorted=True).indices  # B, L
-        take = torch.arange(first.shape[1], device=device)[None] < missing  # B, L
-        extra = torch.zeros_like(topped_up).scatter_(1, first, take)
-        levels = levels.masked_fill(extra, index)
-        topped_up |= extra
+        spokes = torch.searchsorted(sampled, limit, right=True) - 1  # B, 1
+        spokes_per_level.append(spokes)
+        missing = budget - sampled.gather(1, spokes)  # B, 1
+        free = (spoke_key >= spokes) & (topped_level == FULLY_SAMPLED)
+        candidates = torch.where(free, top_up_rank, math.inf)
+        first = candidates.topk(length, dim=1, largest=False, sorted=True).indices  # B, L
+        take = torch.arange(length, device=device)[None] < missing  # B, L
+        topped_level.scatter_(1, first, torch.where(take, index, topped_level.gather(1, first)).to(torch.int8))
+        random_points.scatter_add_(1, spoke_bin.gather(1, first), take.long())
+    spoke_level = torch.searchsorted(torch.cat(spokes_per_level, dim=1), spoke_bin, right=True)  # B, H W
+    levels = torch.minimum(spoke_level.to(torch.int8), topped_level).masked_fill_(centre, 0)
     return levels.view(batch, rows, cols)
 
 
@@ -476,16 +519,16 @@ def fresh_level_maps(
         else:
             _check_size(family, rows * cols, "points")
             if family == "gaussian2d":
-                exponentials = torch.empty((count, rows, cols), dtype=torch.float64, device=device)
-                levels = _gaussian_levels(shape, center, exponentials.exponential_(generator=generator).log())
+                levels = _fresh_gaussian_levels(shape, center, count, generator)
             else:
                 first_angle = torch.rand(count, generator=generator, device=device, dtype=torch.float64) * math.pi
-                # distinct with probability ~1 in float64: the order of a random permutation
-                top_up_rank = torch.rand((count, rows * cols), generator=generator, device=device, dtype=torch.float64)
+                # a random order of the points (ties, rare in float32, leave the counts exact)
+                top_up_rank = torch.rand((count, rows * cols), generator=generator, device=device)
                 num_spokes = _fresh_spoke_count(shape, center)
                 first_spoke = torch.full((count, rows * cols), _NEVER, dtype=torch.long, device=device)
                 for start in range(0, num_spokes, _SPOKE_CHUNK):
-                    hits = _spoke_first_hits(shape, first_angle, start, _SPOKE_CHUNK)
+                    chunk = min(_SPOKE_CHUNK, num_spokes - start)
+                    hits = _spoke_first_hits(shape, first_angle, start, chunk, torch.float32)
                     first_spoke = torch.minimum(first_spoke, hits)
                 levels = _radial_levels(shape, center, first_angle, top_up_rank, first_spoke, num_spokes)
         maps[torch.tensor(members, device=device)] = levels
