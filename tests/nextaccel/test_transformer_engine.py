@@ -393,10 +393,13 @@ def test_dataset_mask_of_another_family_is_refused_in_training_and_prediction(tr
     batch["sensitivity_map"] = trained_engine.compute_sensitivity_map(batch["sensitivity_map"])
     message = f"sampling mask of {FILENAME} is not level R32 of the nested cartesian_y mask .* name: NestedCartesianY"
     trained_engine.model.train()
+    masks = trained_engine.cfg.model.training_masks
+    trained_engine.cfg.model.training_masks = "file"  # DIRECT's mask is checked in training with per-file masks
     try:
         with pytest.raises(ValueError, match=message):
             trained_engine.training_outputs(batch)
     finally:
+        trained_engine.cfg.model.training_masks = masks
         trained_engine.model.eval()
     message = (
         f"sampling mask of {FILENAME} is the nested radial mask at R = 32, a family the checkpoint was not trained "
