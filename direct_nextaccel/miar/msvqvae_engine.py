@@ -39,9 +39,7 @@ def require_kspace(data: dict[str, Any], engine: str) -> torch.Tensor:
     return data["kspace"]
 
 
-def intensity_factor(
-    gain: torch.Tensor, data: dict[str, Any], kspace: torch.Tensor, backward_operator
-) -> torch.Tensor:
+def intensity_factor(gain: torch.Tensor, data: dict[str, Any], kspace: torch.Tensor, backward_operator) -> torch.Tensor:
     """``gain / s`` per slice (B,), ``s`` from the low-resolution block (DIRECT's ``sampling_mask``) of ``kspace``.
 
     The block is what the super-resolution input holds, so training (fully sampled k-space) and inference (the
