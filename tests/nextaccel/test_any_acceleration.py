@@ -303,3 +303,29 @@ def test_direct_predict_reconstructs_each_family_and_acceleration_with_the_same_
             np.testing.assert_allclose(
                 reconstruction, expected, rtol=1e-5, atol=1e-6 * float(np.abs(expected).max()), err_msg=family
             )
+
+
+def test_direct_predict_refuses_a_family_the_checkpoint_was_not_trained_on_in_one_line(work, tmp_path):
+    """A checkpoint trained on radial only, given the nested cartesian_y mask by a plain `direct predict`: a non-zero
+    exit whose stderr ends in one line naming the family found and the families the checkpoint reconstructs."""
+    state = torch.load(work / "nextaccel" / "model_0.pt", weights_only=True)["model"]
+    state["trained_families"] = torch.tensor([family == "radial" for family in FAMILIES])
+    checkpoint = tmp_path / "radial_only" / "model_0.pt"
+    checkpoint.parent.mkdir()
+    torch.save({"model": state}, checkpoint)
+    command = [
+        str(BIN / "direct"),
+        "predict",
+        str(tmp_path / "out"),
+        "--cfg",
+        str(predict_config(work, "cartesian_y", 16)),
+    ]
+    command += ["--checkpoint", str(checkpoint), "--data-root", str(work / "data"), *CPU]
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode != 0, result.stdout[-4000:] + result.stderr[-4000:]
+    last = [line for line in result.stderr.splitlines() if line.strip()][-1]
+    assert last.startswith("ValueError: DIRECT's sampling mask of file_brain_AXT"), result.stderr[-4000:]
+    assert "is the nested cartesian_y mask at R = 16, a family the checkpoint was not trained on" in last, last
+    assert "this checkpoint reconstructs the nested families ['radial'] at R = 32, 16, 8, 4, 2" in last, last
+    assert not list((tmp_path / "out").glob("*.h5"))  # nothing written for a refused input
