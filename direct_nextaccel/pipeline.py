@@ -88,7 +88,7 @@ BATCH_SIZE = 2
 
 #: Iterations at budget 1 (the demo's default). NextAccel cannot beat its tokenizer's bound, and on the demo set's
 #: training subjects the AQ-VAE was still far from converged after 120 iterations (NextAccel then equalled the bound,
-#: 0.5-1 dB short of 3 dB above zero-filled on a held-out training subject), so the tokenizer gets most of the budget;
+#: up to 1 dB short of 3 dB above zero-filled on a held-out training subject), so the tokenizer gets most of the budget;
 #: teacher and distillation, which change little at this size, get the least. The baselines train 690 iterations each.
 STAGES: tuple[Stage, ...] = (
     Stage("E2EVarNet", "tiny_varnet_{family}.yaml", None),
