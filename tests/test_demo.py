@@ -4,6 +4,7 @@ test's)."""
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 import subprocess
 from pathlib import Path
@@ -220,8 +221,10 @@ def test_a_retrained_stage_retrains_the_stages_built_on_it(tmp_path, fakes, monk
     argv = ["demo", "--budget", "0.05", "--output", str(output), "--data", str(data)]
     assert cli.main(argv) == 0
     # A changed tokenizer config: the AQ-VAE trains again into the same checkpoint path, which every later stage reads.
-    changed = Stage("AQ-VAE", "tiny_aqvae.yaml", 120, benchmarked=False, model_overrides=lambda family: {"x": 1})
-    stages = tuple(changed if stage.name == "AQ-VAE" else stage for stage in pipeline.STAGES)
+    stages = tuple(
+        dataclasses.replace(stage, model_overrides=lambda family: {"x": 1}) if stage.name == "AQ-VAE" else stage
+        for stage in pipeline.STAGES
+    )
     monkeypatch.setitem(pipeline.TASKS, "reconstruction", stages)
     assert cli.main(argv) == 0
     assert train.names[len(CHAIN) :] == ["AQ-VAE", "NextAccel", "Teacher", "NextAccel-distilled"]
