@@ -9,8 +9,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from direct.data.transforms import ifft2
 from omegaconf import OmegaConf
+
+from direct_nextaccel.core import images
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "direct_nextaccel" / "configs"
@@ -58,15 +59,4 @@ def direct_batch(mask: torch.Tensor, coils: int = 4, size: int = 64, seed: int =
     kspace = torch.view_as_real(
         torch.from_numpy(simulate_volume(phantom(size=size), coils=coils, matrix=(size, size), seed=seed)[0])
     ).float()  # S, C, H, W, 2
-    mask = mask.expand(2, size, size)[:, None, :, :, None]  # B, 1, H, W, 1
-    coil_images = ifft2(kspace, dim=(2, 3))
-    rss = coil_images.pow(2).sum(dim=(1, 4)).sqrt()
-    return {
-        "kspace": kspace,
-        "masked_kspace": kspace * mask,
-        "sampling_mask": mask,
-        "sensitivity_map": coil_images / rss[:, None, :, :, None].clamp_min(1e-6),
-        "target": rss,
-        "filename": [FILENAME] * 2,
-        "slice_no": torch.tensor([0, 1]),
-    }
+    return images.direct_batch(kspace, mask.expand(2, size, size), [FILENAME] * 2)

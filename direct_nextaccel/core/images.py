@@ -14,7 +14,15 @@ from typing import Any
 
 import torch
 
-__all__ = ["WorkingGrid", "center_crop_or_pad", "coil_combined", "file_seed", "fourier_resample", "sense_adjoint"]
+__all__ = [
+    "WorkingGrid",
+    "center_crop_or_pad",
+    "coil_combined",
+    "direct_batch",
+    "file_seed",
+    "fourier_resample",
+    "sense_adjoint",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -287,3 +295,41 @@ class WorkingGrid:
             self.region,
             self.working,
         )
+
+
+def direct_batch(kspace: torch.Tensor, mask: torch.Tensor, filenames: Sequence[str]) -> dict[str, Any]:
+    """The keys DIRECT's transforms hand an engine, from fully sampled coil k-space and a sampling mask.
+
+    Sensitivity maps are the coils' images divided by their root-sum-of-squares (DIRECT's ``rss_estimate`` without
+    an ACS restriction) and the target is that RSS image: what the speed measurements and the tests feed the engines
+    without a dataset.
+
+    Parameters
+    ----------
+    kspace : torch.Tensor
+        Fully sampled k-space, (B, C, H, W, 2).
+    mask : torch.Tensor
+        Boolean sampling mask, (B, H, W).
+    filenames : sequence of str
+        Length B: the files the slices belong to (nested masks are seeded by them).
+
+    Returns
+    -------
+    dict
+        ``kspace``, ``masked_kspace`` (B, C, H, W, 2), ``sampling_mask`` (B, 1, H, W, 1), ``sensitivity_map``
+        (B, C, H, W, 2), ``target`` (B, H, W), ``filename`` and ``slice_no`` (B,).
+    """
+    from direct.data.transforms import ifft2
+
+    mask = mask[:, None, :, :, None]  # B, 1, H, W, 1
+    coil_images = ifft2(kspace, dim=(2, 3))
+    rss = coil_images.pow(2).sum(dim=(1, 4)).sqrt()
+    return {
+        "kspace": kspace,
+        "masked_kspace": kspace * mask,
+        "sampling_mask": mask,
+        "sensitivity_map": coil_images / rss[:, None, :, :, None].clamp_min(1e-6),
+        "target": rss,
+        "filename": list(filenames),
+        "slice_no": torch.arange(kspace.shape[0]),
+    }

@@ -24,6 +24,7 @@ from direct.data.transforms import fft2, ifft2
 from helpers import CONFIGS, build_model, phantom
 from omegaconf import OmegaConf
 
+from direct_nextaccel.core.images import direct_batch
 from direct_nextaccel.data.fastmri_h5 import fastmri_filename, write_fastmri_h5
 from direct_nextaccel.data.simulate import simulate_volume
 from direct_nextaccel.masks.nested import FAMILIES, LEVELS, MASK_NAMES
@@ -91,18 +92,8 @@ def make_batch(family: str, level: int, filename: str = FILENAME) -> dict:
     """Two slices of one file as DIRECT batches them at ``LEVELS[level]`` of ``family`` (RSS-normalised maps)."""
     kspace_np, _ = simulate_volume(phantom(), coils=4, matrix=(64, 64), seed=1)
     kspace = torch.view_as_real(torch.from_numpy(kspace_np)).float()  # S, C, H, W, 2
-    coil_images = ifft2(kspace, dim=(2, 3))
-    rss = coil_images.pow(2).sum(dim=(1, 4)).sqrt()
-    mask = acquisition.level_masks([filename] * 2, [family] * 2, (64, 64), 1 / 64)[:, level][:, None, :, :, None]
-    return {
-        "kspace": kspace,
-        "masked_kspace": kspace * mask,
-        "sampling_mask": mask,
-        "sensitivity_map": coil_images / rss[:, None, :, :, None].clamp_min(1e-6),
-        "target": rss,
-        "filename": [filename] * 2,
-        "slice_no": torch.tensor([0, 1]),
-    }
+    mask = acquisition.level_masks([filename] * 2, [family] * 2, (64, 64), 1 / 64)[:, level]
+    return direct_batch(kspace, mask, [filename] * 2)
 
 
 # The checkpoint records its families ------------------------------------------------------------------------------

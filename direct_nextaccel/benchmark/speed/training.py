@@ -260,8 +260,7 @@ def training_batch(engine_name: str, batch: int = 4, size: int = 64, coils: int 
     """A DIRECT training batch of simulated slices of one file: fully sampled and masked k-space, the mask (level R32
     of the file's nested Cartesian-Y mask, or the 4 x 4 super-resolution block for the MSVQ-VAE and MIAR), RSS
     sensitivity estimate and target."""
-    from direct.data.transforms import ifft2
-
+    from direct_nextaccel.core.images import direct_batch
     from direct_nextaccel.data.simulate import simulate_volume
     from direct_nextaccel.masks.superresolution import superresolution_mask
     from direct_nextaccel.nextaccel import acquisition
@@ -280,18 +279,7 @@ def training_batch(engine_name: str, batch: int = 4, size: int = 64, coils: int 
         mask = torch.from_numpy(superresolution_mask((size, size), 4)).expand(batch, size, size)
     else:
         mask = acquisition.level_masks([FILENAME] * batch, ["cartesian_y"] * batch, (size, size), 1 / 64)[:, 0]
-    mask = mask[:, None, :, :, None]  # B, 1, H, W, 1
-    coil_images = ifft2(kspace, dim=(2, 3))
-    rss = coil_images.pow(2).sum(dim=(1, 4)).sqrt()
-    return {
-        "kspace": kspace,
-        "masked_kspace": kspace * mask,
-        "sampling_mask": mask,
-        "sensitivity_map": coil_images / rss[:, None, :, :, None].clamp_min(1e-6),
-        "target": rss,
-        "filename": [FILENAME] * batch,
-        "slice_no": torch.arange(batch),
-    }
+    return direct_batch(kspace, mask, [FILENAME] * batch)
 
 
 @contextmanager
