@@ -16,30 +16,12 @@
 #    base model's row (WORK_DIR/bench/distill_variants/benchmark.md).
 # Every run uses direct train's default --seed, so all variants see the same data order. Finished runs are reused.
 set -euo pipefail
-HERE="$(cd "$(dirname "$0")" && pwd)"
-REPO="$(cd "$HERE/../.." && pwd)"
-WORK="${1:-small_tier}"
-BIN="$(dirname "$(command -v direct-nextaccel || echo "$REPO/.venv/bin/direct-nextaccel")")"
-CONFIGS="$HERE/configs/small"
-DATA="$WORK/data"
-TOKENIZER="$WORK/runs/small_aqvae/model_1499.pt"
+SCRIPT=distill_variants.sh
+# shellcheck source=projects/fastmri_brain/small_tier_lib.sh
+source "$(dirname "$0")/small_tier_lib.sh" "${1:-small_tier}"
 BASE="$WORK/runs/small_nextaccel_cartesian_y/model_1499.pt"
-for needed in "$DATA/train" "$DATA/val" "$TOKENIZER" "$BASE"; do
-  if [ ! -e "$needed" ]; then
-    echo "distill_variants.sh: $needed is missing: run projects/fastmri_brain/small_tier.sh $WORK first" >&2
-    exit 2
-  fi
-done
+require "$DATA/train" "$DATA/val" "$TOKENIZER" "$BASE"
 mkdir -p "$WORK/configs" "$WORK/bench"
-
-train() {  # CONFIG NAME LAST_ITERATION
-  if [ -f "$WORK/runs/$2/model_$3.pt" ]; then return; fi
-  if ! "$BIN/direct" train "$WORK/runs" --cfg "$1" --training-root "$DATA/train" --validation-root "$DATA/val" \
-    --name "$2" --device cpu --num-gpus 0 --num-workers 0 > "$WORK/runs/$2.log" 2>&1; then
-    echo "distill_variants.sh: training $2 failed, see $WORK/runs/$2.log" >&2
-    return 1
-  fi
-}
 
 wait_all() {  # PID...: fail when any of them failed
   local status=0

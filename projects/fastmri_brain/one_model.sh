@@ -9,28 +9,13 @@
 # model per family (300 iterations = 1200 slices each, 4800 in all) and E2EVarNet for Cartesian-Y at R = 16, 8, 4
 # (the R = 32 recipe: 3000 iterations at batch 2). Then benchmarks on the validation subjects. Finished runs are reused.
 set -euo pipefail
-HERE="$(cd "$(dirname "$0")" && pwd)"
-REPO="$(cd "$HERE/../.." && pwd)"
-WORK="${1:-small_tier}"
-BIN="$(dirname "$(command -v direct-nextaccel || echo "$REPO/.venv/bin/direct-nextaccel")")"
-CONFIGS="$HERE/configs/small"
-DATA="$WORK/data"
-TOKENIZER="$WORK/runs/small_aqvae/model_1499.pt"
+SCRIPT=one_model.sh
+# shellcheck source=projects/fastmri_brain/small_tier_lib.sh
+source "$(dirname "$0")/small_tier_lib.sh" "${1:-small_tier}"
 E2E32="$WORK/runs/small_e2evarnet_cartesian_y/model_2999.pt"
-for needed in "$DATA/train" "$DATA/val" "$TOKENIZER" "$E2E32"; do
-  if [ ! -e "$needed" ]; then
-    echo "one_model.sh: $needed is missing: run bash projects/fastmri_brain/small_tier.sh $WORK first" >&2
-    exit 2
-  fi
-done
+require "$DATA/train" "$DATA/val" "$TOKENIZER" "$E2E32"
 mkdir -p "$WORK/runs" "$WORK/bench" "$WORK/configs"
 export OMP_NUM_THREADS=1
-
-train() {  # CONFIG NAME LAST_ITERATION
-  if [ -f "$WORK/runs/$2/model_$3.pt" ]; then return; fi
-  "$BIN/direct" train "$WORK/runs" --cfg "$1" --training-root "$DATA/train" --validation-root "$DATA/val" \
-    --name "$2" --device cpu --num-gpus 0 --num-workers 0 > "$WORK/runs/$2.log" 2>&1
-}
 
 # Configs: the repository's, with this run's tokenizer; per-family models at a quarter of the one model's iterations.
 sed "s#^  tokenizer_checkpoint: .*#  tokenizer_checkpoint: $TOKENIZER#" "$CONFIGS/nextaccel_all_families.yaml" \
