@@ -192,11 +192,11 @@ def _model(model_class, model_config):
     return model_class(**filter_arguments_by_signature(model_class, keys))
 
 
-def build_engines(folder: Path, **nextaccel_overrides) -> dict[str, Callable[[], Any]]:
+def build_engines(folder: Path, mixed_precision: bool = False, **nextaccel_overrides) -> dict[str, Callable[[], Any]]:
     """Builders of every plugin engine at its tiny config on the CPU, with random weights: the AQ-VAE, the MSVQ-VAE,
     NextAccel, the privileged teacher, distillation and MIAR. The frozen tokenizers and the teacher are saved as bare
-    DIRECT checkpoints in ``folder``; ``nextaccel_overrides`` go into NextAccel's model config (e.g.
-    ``training_masks="fresh"``)."""
+    DIRECT checkpoints in ``folder``; ``mixed_precision`` is the engines' ``--mixed-precision`` (bfloat16 autocast);
+    ``nextaccel_overrides`` go into NextAccel's model config (e.g. ``training_masks="fresh"``)."""
     from direct.data.transforms import fft2, ifft2
     from omegaconf import OmegaConf
 
@@ -232,17 +232,17 @@ def build_engines(folder: Path, **nextaccel_overrides) -> dict[str, Callable[[],
             models["teacher"] = _model(NextAccel, teacher_config)
         else:
             config.additional_models = {}  # a random tokenizer has no sensitivity model
-        engine = engine_class(config, _model(NextAccel, config.model), "cpu", fft2, ifft2, **models)
+        engine = engine_class(config, _model(NextAccel, config.model), "cpu", fft2, ifft2, mixed_precision, **models)
         engine.initialise_from_tokenizer()
         return engine
 
     def tokenizer_engine(name: str, config_class, model_class, engine_class):
         config = _merged(name, config_class)
-        return engine_class(config, _model(model_class, config.model), "cpu", fft2, ifft2)
+        return engine_class(config, _model(model_class, config.model), "cpu", fft2, ifft2, mixed_precision)
 
     def miar():
         config = _merged("tiny_miar.yaml", MIARConfig, tokenizer_checkpoint=str(paths["msvqvae"]))
-        engine = MIAREngine(config, _model(MIAR, config.model), "cpu", fft2, ifft2)
+        engine = MIAREngine(config, _model(MIAR, config.model), "cpu", fft2, ifft2, mixed_precision)
         engine.initialise_from_tokenizer()
         return engine
 
