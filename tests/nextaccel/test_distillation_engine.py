@@ -23,6 +23,7 @@ from direct.utils.events import EventStorage
 from helpers import phantom
 from omegaconf import OmegaConf
 
+from direct_nextaccel.core.images import direct_batch
 from direct_nextaccel.data.fastmri_h5 import fastmri_filename, write_fastmri_h5
 from direct_nextaccel.data.simulate import simulate_volume
 from direct_nextaccel.modules.options import SamplingMode
@@ -53,18 +54,8 @@ def make_batch(family: str = "cartesian_y") -> dict:
     """Two slices of one file as DIRECT batches them: the R32 input of the nested family and the full k-space."""
     kspace = torch.view_as_real(torch.from_numpy(simulate_volume(phantom(), coils=4, matrix=(64, 64), seed=1)[0]))
     kspace = kspace.float()  # S, C, H, W, 2
-    coil_images = ifft2(kspace, dim=(2, 3))
-    rss = coil_images.pow(2).sum(dim=(1, 4)).sqrt()
-    sampling_mask = acquisition.level_masks([FILENAME] * 2, [family] * 2, (64, 64), 1 / 64)[:, 0, None, :, :, None]
-    return {
-        "kspace": kspace,
-        "masked_kspace": kspace * sampling_mask,
-        "sampling_mask": sampling_mask,
-        "sensitivity_map": coil_images / rss[:, None, :, :, None].clamp_min(1e-6),
-        "target": rss,
-        "filename": [FILENAME] * 2,
-        "slice_no": torch.tensor([0, 1]),
-    }
+    mask = acquisition.level_masks([FILENAME] * 2, [family] * 2, (64, 64), 1 / 64)[:, 0]
+    return direct_batch(kspace, mask, [FILENAME] * 2)
 
 
 def network(config) -> NextAccel:

@@ -20,7 +20,7 @@ from direct.utils.events import EventStorage
 from helpers import phantom
 from omegaconf import OmegaConf
 
-from direct_nextaccel.core.images import sense_adjoint
+from direct_nextaccel.core.images import direct_batch, sense_adjoint
 from direct_nextaccel.data.fastmri_h5 import fastmri_filename, write_fastmri_h5
 from direct_nextaccel.data.simulate import simulate_volume
 from direct_nextaccel.nextaccel import acquisition
@@ -127,19 +127,8 @@ def make_batch(family: str = "cartesian_y", level: int = 0, center_fraction: flo
     """Two slices of one file as DIRECT batches them: R32 input of `family` (level index `level`), full k-space."""
     kspace_np, _ = simulate_volume(phantom(), coils=4, matrix=(64, 64), seed=1)
     kspace = torch.view_as_real(torch.from_numpy(kspace_np)).float()  # S, C, H, W, 2
-    coil_images = ifft2(kspace, dim=(2, 3))
-    rss = coil_images.pow(2).sum(dim=(1, 4)).sqrt()
-    masks = acquisition.level_masks([FILENAME] * 2, [family] * 2, (64, 64), center_fraction)[:, level]
-    sampling_mask = masks[:, None, :, :, None]  # B, 1, H, W, 1
-    return {
-        "kspace": kspace,
-        "masked_kspace": kspace * sampling_mask,
-        "sampling_mask": sampling_mask,
-        "sensitivity_map": coil_images / rss[:, None, :, :, None].clamp_min(1e-6),
-        "target": rss,
-        "filename": [FILENAME] * 2,
-        "slice_no": torch.tensor([0, 1]),
-    }
+    mask = acquisition.level_masks([FILENAME] * 2, [family] * 2, (64, 64), center_fraction)[:, level]
+    return direct_batch(kspace, mask, [FILENAME] * 2)
 
 
 # direct train / direct predict -----------------------------------------------------------------------------------
