@@ -210,6 +210,7 @@ class NextAccelConfig(DecodingOptions, LRScheduleOptions, AQVAEShape, ModelConfi
         "prefix_noise",
         "prefix_model_checkpoint",
         "prefix_rollout",
+        "teacher_init_checkpoint",
         "teacher_checkpoint",
         "rollout",
     )
@@ -263,6 +264,11 @@ class NextAccelConfig(DecodingOptions, LRScheduleOptions, AQVAEShape, ModelConfi
     # samples), argmax or top_k_top_p, with temperature/top_k/top_p.
     prefix_model_checkpoint: str | None = None
     prefix_rollout: SamplingMode = SamplingMode.multinomial
+    # TeacherEngine, beyond the paper (which does not say how its teacher starts): a base NextAccel's checkpoint whose
+    # weights start the teacher, all but the privileged source embeddings. The teacher then begins near the student it
+    # will correct and only has to learn to use the fully sampled image; None trains it from the tokenizer's
+    # initialisation, as the base model.
+    teacher_init_checkpoint: str | None = None
     # DistillationEngine: the privileged teacher's checkpoint (its architecture is `additional_models.teacher`) and
     # how the student rolls out its prefixes: multinomial (paper: "feeding each sampled token back"; softmax of
     # logits / temperature), argmax, or top_k_top_p (temperature/top_k/top_p). Sampling draws from a generator of the

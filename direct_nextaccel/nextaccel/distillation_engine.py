@@ -40,7 +40,12 @@ from direct_nextaccel.masks.nested import LEVELS
 from direct_nextaccel.modules.options import validate_model_config
 from direct_nextaccel.nextaccel.config import NextAccelConfig
 from direct_nextaccel.nextaccel.nextaccel import NextAccel
-from direct_nextaccel.nextaccel.tokenizer_loading import check_student_start, load_prefix_model, load_teacher
+from direct_nextaccel.nextaccel.tokenizer_loading import (
+    check_student_start,
+    load_prefix_model,
+    load_teacher,
+    start_teacher_from_base,
+)
 from direct_nextaccel.nextaccel.transformer_engine import NextAccelEngine
 
 logger = logging.getLogger(__name__)
@@ -208,6 +213,15 @@ class TeacherEngine(NextAccelEngine):
             config.prefix_model_checkpoint,
         ).to(device)
         self.frozen.append(self.prefix_model)
+
+    def initialise_from_tokenizer(self) -> None:
+        """Start as the base model does, then, with ``model.teacher_init_checkpoint``, from that base model's weights
+        (all but the privileged source embeddings; a resumed run's checkpoint overwrites both, as for the base)."""
+        super().initialise_from_tokenizer()
+        path = self.cfg.model.get("teacher_init_checkpoint")
+        if path:
+            start_teacher_from_base(self.transformer, self.cfg.model, self.tokenizer.quantizer.codebook, path)
+            logger.info("The teacher starts from the base model %s (all but its source embeddings).", path)
 
     def base_rollout(self, q32: Tensor, image32: Tensor, family: Tensor) -> list[Tensor]:
         """The frozen base model's own tokens of every level from the R32 input (``model.prefix_rollout``)."""

@@ -28,6 +28,7 @@ from direct_nextaccel.core.checkpoints import (
     plain_value,
     read_checkpoint,
     saved_model_value,
+    without_module_prefix,
 )
 from direct_nextaccel.core.intensity import check_convention
 from direct_nextaccel.nextaccel.aqvae import AQVAE
@@ -296,6 +297,57 @@ def load_prefix_model(
         privileged=False,
         role="teacher",
     )
+
+
+BASE_ARCHITECTURE_KEYS = ("depth", "embed_dim", "num_heads", "mlp_ratio", "context_strides", "qk_norm")
+"""Transformer architecture values a teacher started from a base model must share with it (beside
+:data:`TEACHER_ARCHITECTURE_KEYS`)."""
+
+
+def start_teacher_from_base(
+    teacher: nn.Module, engine_config: Mapping[str, Any], codebook: torch.Tensor, path: str | os.PathLike | None
+) -> None:
+    """Copy a base NextAccel's weights into a privileged teacher (``model.teacher_init_checkpoint``).
+
+    Every weight of the teacher is the base model's except its privileged source embeddings (``source_embed``, which
+    label the measured and the fully sampled context tokens and keep the teacher's own initialisation) and the
+    families it records (``trained_families``, the teacher's own configuration's).
+
+    Parameters
+    ----------
+    teacher : nn.Module
+        The engine's privileged NextAccel (``privileged_context: true``).
+    engine_config : Mapping
+        The teacher's ``model`` configuration.
+    codebook : Tensor
+        The tokenizer's codebook (V, D): the base model must have been trained on the same tokens.
+    path : path or None
+        ``model.teacher_init_checkpoint``.
+
+    Raises
+    ------
+    ValueError
+        In one line naming the file: not a base NextAccel (a teacher, another model), another architecture, mask
+        family, tokenizer or codebook; nothing is loaded then.
+    """
+    checkpoint = load_checkpoint(path, "teacher_init_checkpoint")
+    what = f"model.teacher_init_checkpoint {str(path)!r}"
+    expected = {
+        key: engine_config[key] for key in (*TEACHER_ARCHITECTURE_KEYS, *BASE_ARCHITECTURE_KEYS, *TEACHER_TRAINING_KEYS)
+    }
+    check_run_config(
+        path, {"model_name": "nextaccel.nextaccel.NextAccel", "privileged_context": False, **expected}, what
+    )
+    weights = without_module_prefix(checkpoint["model"])
+    own = teacher.state_dict()
+    kept = [key for key in own if key.startswith("source_embed.") or key == "trained_families"]
+    privileged = [key for key in weights if key.startswith("source_embed.")]
+    if privileged:
+        raise ValueError(f"{what} has {privileged[0]!r}: it is a privileged teacher, not the base model to start from")
+    if not torch.equal(weights.get("codebook", codebook).cpu(), codebook.detach().cpu()):
+        raise ValueError(f"{what} has another codebook than model.tokenizer_checkpoint: trained with another tokenizer")
+    check_kind(teacher, weights, what)
+    load_exactly(teacher, {**weights, **{key: own[key] for key in kept}}, what, "the teacher")
 
 
 STUDENT_START_KEYS = ("mask_family", "mask_center_fraction", "tokenizer_quant_resi", *TEACHER_ARCHITECTURE_KEYS)

@@ -433,6 +433,41 @@ def test_prefix_model_problems_are_named_in_one_line(checkpoints, tmp_path, capl
     assert "additional_models.prefix_model is not used with model.prefix_noise 'mixed'" in caplog.text
 
 
+def test_a_teacher_started_from_the_base_model(checkpoints, tmp_path):
+    """``model.teacher_init_checkpoint``: every weight is the base model's but the source embeddings and the recorded
+    families (the teacher's own); a teacher, another model or another architecture is refused in one line."""
+    scratch = build(teacher_config(checkpoints), TeacherEngine)
+    config = teacher_config(checkpoints, teacher_init_checkpoint=str(checkpoints["base"]))
+    teacher = build(config, TeacherEngine)
+    base = torch.load(checkpoints["base"], weights_only=True)["model"]
+    own = teacher.transformer.state_dict()
+    assert {key for key in own if key not in base} == {key for key in own if key.startswith("source_embed.")}
+    for key, value in own.items():
+        if key.startswith("source_embed.") or key == "trained_families":
+            assert torch.equal(value, scratch.transformer.state_dict()[key]), key
+        else:
+            assert torch.equal(value, base[key]), key
+    assert any(not torch.equal(value, own[key]) for key, value in scratch.transformer.state_dict().items())
+    # it trains as a teacher: the fully sampled image reaches the loss through the source embeddings
+    with EventStorage(0):
+        teacher._do_iteration(make_batch(), teacher.build_loss())
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in teacher.transformer.source_embed.parameters())
+
+    def refused(path) -> str:
+        with pytest.raises(ValueError) as error:
+            build(teacher_config(checkpoints, teacher_init_checkpoint=str(path)), TeacherEngine)
+        return one_line(error)
+
+    assert "has 'source_embed." in refused(checkpoints["teacher"])
+    assert "is not a checkpoint of NextAccel" in refused(checkpoints["tokenizer"])
+    other = tmp_path / "deeper" / "model_0.pt"
+    other.parent.mkdir()
+    torch.save(torch.load(checkpoints["base"], weights_only=True), other)
+    OmegaConf.save({"model": {"depth": 4}}, other.parent / "config.yaml")
+    source = other.parent / "config.yaml"
+    assert refused(other).endswith(f"was trained with depth=4 ({source}), the configuration has 3")
+
+
 def test_direct_builds_the_engines_from_yamls_and_keeps_the_frozen_models_out(checkpoints, tmp_path, monkeypatch):
     """DIRECT's own environment (structured merge, models built from the YAML, engine) on the tiny YAMLs switched to
     the paper's choices: a teacher on base-model prefixes and a student with a sampled rollout."""
