@@ -12,7 +12,7 @@
 # 3. two distillations of the base model by that teacher (configs/small/distill_all_families.yaml, 150 iterations =
 #    600 slices each): the paper's sampled rollout and the argmax rollout;
 # then `direct-nextaccel benchmark` per family on the validation subjects (last checkpoints, nothing selected on
-# them). Finished runs are reused.
+# them; WORK_DIR/bench/comparison_<family>/benchmark.md). Finished runs are reused.
 set -euo pipefail
 SCRIPT=comparison.sh
 # shellcheck source=projects/fastmri_brain/small_tier_lib.sh
@@ -51,7 +51,8 @@ argmax=$!
 wait "$sampled"
 wait "$argmax"
 
-for family in "${FAMILIES[@]}"; do
+bench() {  # FAMILY: every method's predictions, the bound rows and the memorisation columns (one thread)
+  local family=$1
   "$BIN/direct-nextaccel" benchmark --data "$DATA/val" --output "$WORK/bench/comparison_$family" --family "$family" \
     --run "E2EVarNet=$CONFIGS/e2evarnet_$family.yaml:$WORK/runs/small_e2evarnet_$family/model_2999.pt" \
     "RecurrentVarNet=$CONFIGS/recurrentvarnet_$family.yaml:$WORK/runs/small_recurrentvarnet_$family/model_2999.pt" \
@@ -59,5 +60,17 @@ for family in "${FAMILIES[@]}"; do
     "NextAccel-distilled=$NEXTACCEL:$WORK/runs/small_distill_all_families_multinomial/model_149.pt" \
     "NextAccel-distilled-argmax-rollout=$NEXTACCEL:$WORK/runs/small_distill_all_families_argmax/model_149.pt" \
     --bound "AQ-VAE=$CONFIGS/aqvae.yaml:$TOKENIZER" \
-    --training-root "$DATA/train" --metrics psnr ssim nmse haarpsi
+    --training-root "$DATA/train" --metrics psnr ssim nmse haarpsi > "$WORK/bench/comparison_$family.log" 2>&1 || {
+    echo "$SCRIPT: the benchmark of $family failed, see $WORK/bench/comparison_$family.log" >&2
+    return 1
+  }
+}
+for pair in "cartesian_y cartesian_x" "radial gaussian2d"; do  # two families at a time, one per core
+  read -r first second <<< "$pair"
+  bench "$first" &
+  one=$!
+  bench "$second" &
+  two=$!
+  wait "$one"
+  wait "$two"
 done
