@@ -23,7 +23,7 @@ REPO = pathlib.Path(__file__).resolve().parents[2]
 TINY = [
     f"direct_nextaccel/configs/tiny_{name}.yaml"
     for name in ("msvqvae", "miar", "miar_t1t2", "sr_varnet", "sr_recurrentvarnet", "sr_unet")
-]
+] + [f"projects/miar_brain/configs/small/{name}_sr4.yaml" for name in ("e2evarnet", "recurrentvarnet", "unet")]
 SMALL_MSVQVAE = 1_030_226  # projects/miar_brain/configs/small/msvqvae.yaml: stride 4, 32 base channels, 1024 x 16 codes
 PROJECT = sorted(str(p.relative_to(REPO)) for p in (REPO / "projects" / "miar_brain" / "configs").rglob("*.yaml"))
 ENGINES = {
@@ -111,6 +111,7 @@ def test_miar_configs_build_their_model(path):
             "miar_t1t2.yaml": 114_378_752,  # T1 -> T2: 160 x 3 x 3 weights of the T1 channel
             "small/msvqvae.yaml": SMALL_MSVQVAE,
             "small/msvqvae_stride2.yaml": 733_906,  # stride 2: one level less of encoder and decoder
+            "small/miar.yaml": 1_337_888,  # 2 blocks of width 128 and its LR encoder, on the stride-2 tokenizer
         }
         assert trainable == expected[str(pathlib.Path(path).relative_to("projects/miar_brain/configs"))]
 
@@ -124,6 +125,7 @@ def test_miar_configs_repeat_their_tokenizer_shape():
         ("projects/miar_brain/configs/msvqvae.yaml", "projects/miar_brain/configs/miar.yaml"),
         ("direct_nextaccel/configs/tiny_msvqvae.yaml", "direct_nextaccel/configs/tiny_miar_t1t2.yaml"),
         ("projects/miar_brain/configs/msvqvae.yaml", "projects/miar_brain/configs/miar_t1t2.yaml"),
+        ("projects/miar_brain/configs/small/msvqvae_stride2.yaml", "projects/miar_brain/configs/small/miar.yaml"),
     ):
         a = OmegaConf.merge(OmegaConf.structured(MSVQVAEConfig), OmegaConf.load(REPO / tokenizer).model)
         b = OmegaConf.merge(OmegaConf.structured(MIARConfig), OmegaConf.load(REPO / miar).model)
