@@ -1,4 +1,5 @@
-# Sourced by the scripts that build on small_tier.sh's work folder (one_model.sh, distill_variants.sh): the folder,
+# Sourced by the scripts that build on small_tier.sh's work folder (one_model.sh, distill_variants.sh, comparison.sh,
+# ../miar_brain/small_comparison.sh, which then sets its own CONFIGS and TOKENIZER): the folder,
 # the executables, the configs, a check that small_tier.sh's outputs exist, and one `train` that reuses finished runs.
 #
 #   SCRIPT=name.sh; source "$(dirname "$0")/small_tier_lib.sh" "${1:-small_tier}"

@@ -11,30 +11,14 @@
 # validation subjects: the four MIAR decodings (one config copy per variant), the baselines, the tokenizer's bound and
 # the memorisation columns against the training slices. The table is WORK_DIR/bench/sr4_comparison/benchmark.md.
 set -euo pipefail
-HERE="$(cd "$(dirname "$0")" && pwd)"
-REPO="$(cd "$HERE/../.." && pwd)"
-WORK="${1:-small_tier}"
-BIN="$(dirname "$(command -v direct-nextaccel || echo "$REPO/.venv/bin/direct-nextaccel")")"
-CONFIGS="$HERE/configs/small"
-DATA="$WORK/data"
+SCRIPT=small_comparison.sh
+# shellcheck source=projects/fastmri_brain/small_tier_lib.sh
+source "$(dirname "$0")/../fastmri_brain/small_tier_lib.sh" "${1:-small_tier}"
+CONFIGS="$(cd "$(dirname "$0")" && pwd)/configs/small"
 TOKENIZER="$WORK/runs/small_msvqvae_stride2/model_999.pt"
-for needed in "$DATA/train" "$DATA/val"; do
-  if [ ! -e "$needed" ]; then
-    echo "small_comparison.sh: $needed is missing: run bash projects/miar_brain/small_tier.sh $WORK first" >&2
-    exit 2
-  fi
-done
+require "$DATA/train" "$DATA/val"
 mkdir -p "$WORK/runs" "$WORK/bench" "$WORK/configs"
 export OMP_NUM_THREADS=1
-
-train() {  # CONFIG NAME LAST_ITERATION
-  if [ -f "$WORK/runs/$2/model_$3.pt" ]; then return; fi
-  if ! "$BIN/direct" train "$WORK/runs" --cfg "$1" --training-root "$DATA/train" --validation-root "$DATA/val" \
-    --name "$2" --device cpu --num-gpus 0 --num-workers 0 > "$WORK/runs/$2.log" 2>&1; then
-    echo "small_comparison.sh: training $2 failed, see $WORK/runs/$2.log" >&2
-    return 1
-  fi
-}
 
 # The repository's MIAR config with this run's tokenizer; one copy per decoding (paper Table 2).
 sed "s#^  tokenizer_checkpoint: .*#  tokenizer_checkpoint: $TOKENIZER#" "$CONFIGS/miar.yaml" > "$WORK/configs/miar.yaml"
