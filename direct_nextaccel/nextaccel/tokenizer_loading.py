@@ -163,6 +163,20 @@ TEACHER_TRAINING_KEYS = ("mask_family", "mask_center_fraction", "tokenizer_quant
 teacher's prefix model, the teacher's): the acquisition it learnt and the tokenizer it learnt it on."""
 
 
+def _check_nextaccel_run(path: str | os.PathLike, privileged: bool, expected: Mapping[str, Any], what: str) -> None:
+    """:func:`check_run_config` for a NextAccel checkpoint: a base model (``privileged``: a teacher) with ``expected``
+    values."""
+    check_run_config(
+        path, {"model_name": "nextaccel.nextaccel.NextAccel", "privileged_context": privileged, **expected}, what
+    )
+
+
+def _check_codebook(theirs: torch.Tensor, codebook: torch.Tensor, what: str) -> None:
+    """Refuse a NextAccel checkpoint whose codebook is not the tokenizer's (trained on other tokens)."""
+    if not torch.equal(theirs.detach().cpu(), codebook.detach().cpu()):
+        raise ValueError(f"{what} has another codebook than model.tokenizer_checkpoint: trained with another tokenizer")
+
+
 def _load_frozen_transformer(
     network: nn.Module,
     network_config: Mapping[str, Any],
@@ -201,12 +215,9 @@ def _load_frozen_transformer(
     checkpoint = load_checkpoint(path, checkpoint_key)
     what = f"model.{checkpoint_key} {str(path)!r}"
     expected = {key: engine_config[key] for key in (*TEACHER_ARCHITECTURE_KEYS, *TEACHER_TRAINING_KEYS)}
-    check_run_config(
-        path, {"model_name": "nextaccel.nextaccel.NextAccel", "privileged_context": privileged, **expected}, what
-    )
+    _check_nextaccel_run(path, privileged, expected, what)
     load_frozen(network, checkpoint["model"], what)
-    if not torch.equal(network.codebook.cpu(), codebook.detach().cpu()):
-        raise ValueError(f"{what} has another codebook than model.tokenizer_checkpoint: trained with another tokenizer")
+    _check_codebook(network.codebook, codebook, what)
     return network
 
 
@@ -335,17 +346,14 @@ def start_teacher_from_base(
     expected = {
         key: engine_config[key] for key in (*TEACHER_ARCHITECTURE_KEYS, *BASE_ARCHITECTURE_KEYS, *TEACHER_TRAINING_KEYS)
     }
-    check_run_config(
-        path, {"model_name": "nextaccel.nextaccel.NextAccel", "privileged_context": False, **expected}, what
-    )
+    _check_nextaccel_run(path, False, expected, what)
     weights = without_module_prefix(checkpoint["model"])
     own = teacher.state_dict()
     kept = [key for key in own if key.startswith("source_embed.") or key == "trained_families"]
     privileged = [key for key in weights if key.startswith("source_embed.")]
     if privileged:
         raise ValueError(f"{what} has {privileged[0]!r}: it is a privileged teacher, not the base model to start from")
-    if not torch.equal(weights.get("codebook", codebook).cpu(), codebook.detach().cpu()):
-        raise ValueError(f"{what} has another codebook than model.tokenizer_checkpoint: trained with another tokenizer")
+    _check_codebook(weights.get("codebook", codebook), codebook, what)
     check_kind(teacher, weights, what)
     load_exactly(teacher, {**weights, **{key: own[key] for key in kept}}, what, "the teacher")
 
@@ -372,8 +380,4 @@ def check_student_start(path: str | os.PathLike, student_config: Mapping[str, An
         return
     path = checkpoint_file(path, what)
     expected = {key: student_config[key] for key in STUDENT_START_KEYS if key in student_config}
-    check_run_config(
-        path,
-        {"model_name": "nextaccel.nextaccel.NextAccel", "privileged_context": False, **expected},
-        f"{what} {str(path)!r}",
-    )
+    _check_nextaccel_run(path, False, expected, f"{what} {str(path)!r}")
